@@ -1,0 +1,655 @@
+//! Assembles records into one Kafka RecordBatch v2.
+//!
+//! [`BatchBuilder`] grows a `Vec` and can compress (with `std`). [`SliceBatchBuilder`]
+//! writes an uncompressed batch straight into a caller's buffer, for devices that
+//! would rather not grow a heap buffer.
+//!
+//! Records are encoded as they are pushed, straight into the output; there is no
+//! per-record allocation.
+
+use alloc::vec::Vec;
+
+use super::header::{
+    Attributes, BatchHeader, CRC_START, HEADER_LEN, LOG_OVERHEAD, NO_PARTITION_LEADER_EPOCH,
+    NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, TimestampType, compute_crc,
+};
+use super::record::{RecordFields, RecordHeader, RecordRef, SliceSink, owned_headers, ref_headers};
+use super::{BatchError, Compression};
+
+/// Largest batch the format can describe: `batchLength` is an int32.
+pub const BATCH_BYTES_MAX: u64 = LOG_OVERHEAD as u64 + i32::MAX as u64;
+
+/// Header fields of the batch to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOptions {
+    /// Offset of the first record (the log usually restamps it on append).
+    pub base_offset: u64,
+    /// Leader epoch (the leader restamps it on append); -1 for none.
+    pub partition_leader_epoch: i32,
+    /// Codec for the records section.
+    pub compression: Compression,
+    /// Whose clock the timestamps are. For `LogAppendTime`, push the append time as
+    /// each record's timestamp.
+    pub timestamp_type: TimestampType,
+    /// Idempotent producer id, or -1.
+    pub producer_id: i64,
+    /// Producer epoch, or -1.
+    pub producer_epoch: i16,
+    /// Sequence number of the first record, or -1.
+    pub base_sequence: i32,
+    /// Part of a transaction.
+    pub transactional: bool,
+    /// A control batch (transaction marker).
+    pub control: bool,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            base_offset: 0,
+            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+            compression: Compression::None,
+            timestamp_type: TimestampType::CreateTime,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            base_sequence: NO_SEQUENCE,
+            transactional: false,
+            control: false,
+        }
+    }
+}
+
+/// What the builders track besides the bytes: count, last offset delta, timestamps.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    count: u32,
+    last_offset_delta: Option<u32>,
+    base_timestamp: Option<i64>,
+    max_timestamp: i64,
+}
+
+impl Tally {
+    const fn new() -> Self {
+        Tally {
+            count: 0,
+            last_offset_delta: None,
+            base_timestamp: None,
+            max_timestamp: i64::MIN,
+        }
+    }
+
+    fn next_offset_delta(&self) -> Result<u32, BatchError> {
+        match self.last_offset_delta {
+            None => Ok(0),
+            Some(d) => d
+                .checked_add(1)
+                .ok_or(BatchError::Invalid("offset delta overflows")),
+        }
+    }
+
+    /// Checks a record can follow; returns its (offset delta, timestamp delta) as written.
+    fn check(
+        &self,
+        opts: &BatchOptions,
+        offset_delta: u32,
+        timestamp: i64,
+    ) -> Result<(i32, i64), BatchError> {
+        if self.count >= i32::MAX as u32 {
+            return Err(BatchError::TooLarge {
+                what: "record count",
+                actual: u64::from(self.count) + 1,
+                limit: i32::MAX as u64,
+            });
+        }
+        if let Some(last) = self.last_offset_delta
+            && offset_delta <= last
+        {
+            return Err(BatchError::Invalid("offset deltas must strictly increase"));
+        }
+        let offset_delta_i32 = i32::try_from(offset_delta)
+            .map_err(|_| BatchError::Invalid("offset delta over i32::MAX"))?;
+        if opts.base_offset > i64::MAX as u64
+            || opts.base_offset + u64::from(offset_delta) > i64::MAX as u64
+        {
+            return Err(BatchError::Invalid("offset over i64::MAX"));
+        }
+        let timestamp_delta = match self.base_timestamp {
+            None => 0,
+            Some(base) => timestamp.checked_sub(base).ok_or(BatchError::Invalid(
+                "timestamp too far from the batch's first timestamp",
+            ))?,
+        };
+        Ok((offset_delta_i32, timestamp_delta))
+    }
+
+    fn commit(&mut self, offset_delta: u32, timestamp: i64) {
+        self.count += 1;
+        self.last_offset_delta = Some(offset_delta);
+        if self.base_timestamp.is_none() {
+            self.base_timestamp = Some(timestamp);
+        }
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+    }
+
+    /// Fills in the header and CRC of `batch`, which is exactly the whole batch.
+    fn finish(&self, opts: &BatchOptions, batch: &mut [u8]) -> Result<(), BatchError> {
+        let (Some(last_offset_delta), Some(base_timestamp)) =
+            (self.last_offset_delta, self.base_timestamp)
+        else {
+            return Err(BatchError::Invalid("a batch needs at least one record"));
+        };
+        let batch_length = batch
+            .len()
+            .checked_sub(LOG_OVERHEAD)
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or(BatchError::TooLarge {
+                what: "batch",
+                actual: batch.len() as u64,
+                limit: BATCH_BYTES_MAX,
+            })?;
+        let header = BatchHeader {
+            base_offset: opts.base_offset,
+            batch_length: batch_length as u32,
+            partition_leader_epoch: opts.partition_leader_epoch,
+            crc: 0,
+            attributes: Attributes::new(
+                opts.compression,
+                opts.timestamp_type,
+                opts.transactional,
+                opts.control,
+            ),
+            last_offset_delta,
+            base_timestamp,
+            max_timestamp: self.max_timestamp,
+            producer_id: opts.producer_id,
+            producer_epoch: opts.producer_epoch,
+            base_sequence: opts.base_sequence,
+            record_count: self.count,
+        };
+        let out: &mut [u8; HEADER_LEN] = batch
+            .first_chunk_mut()
+            .ok_or(BatchError::Invalid("batch shorter than its header"))?;
+        header.write(out);
+        let crc = compute_crc(batch);
+        if let Some(field) = batch.get_mut(CRC_START - 4..CRC_START) {
+            field.copy_from_slice(&crc.to_be_bytes());
+        }
+        Ok(())
+    }
+}
+
+/// Builds one batch in a growable buffer.
+///
+/// ```
+/// use eddy_core::batch::{BatchBuilder, BatchOptions, Batch};
+/// let mut b = BatchBuilder::new(BatchOptions::default());
+/// b.push(1_700_000_000_000, Some(b"key"), Some(b"value"), &[])?;
+/// let bytes = b.build()?;
+/// let batch = Batch::new_checked(&bytes)?;
+/// assert_eq!(batch.header.record_count, 1);
+/// # Ok::<(), eddy_core::batch::BatchError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct BatchBuilder {
+    opts: BatchOptions,
+    /// Header placeholder followed by the uncompressed records.
+    buf: Vec<u8>,
+    tally: Tally,
+}
+
+impl BatchBuilder {
+    /// An empty builder.
+    pub fn new(opts: BatchOptions) -> BatchBuilder {
+        let mut buf = Vec::with_capacity(HEADER_LEN + 64);
+        buf.resize(HEADER_LEN, 0);
+        BatchBuilder {
+            opts,
+            buf,
+            tally: Tally::new(),
+        }
+    }
+
+    /// The options the batch is built with.
+    pub fn options(&self) -> &BatchOptions {
+        &self.opts
+    }
+
+    /// Appends a record at the offset after the previous one (0 for the first).
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[RecordHeader],
+    ) -> Result<(), BatchError> {
+        let offset_delta = self.tally.next_offset_delta()?;
+        self.push_with_offset_delta(offset_delta, timestamp, key, value, headers)
+    }
+
+    /// Appends a record at an explicit offset delta, which must be larger than the
+    /// previous record's (compaction leaves gaps).
+    pub fn push_with_offset_delta(
+        &mut self,
+        offset_delta: u32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[RecordHeader],
+    ) -> Result<(), BatchError> {
+        self.push_fields(
+            offset_delta,
+            timestamp,
+            0,
+            key,
+            value,
+            owned_headers(headers),
+        )
+    }
+
+    /// Appends a record borrowed from another batch (e.g. one compaction keeps), at an
+    /// explicit offset delta and absolute timestamp, without copying it into owned form.
+    pub fn push_record_ref(
+        &mut self,
+        offset_delta: u32,
+        timestamp: i64,
+        record: &RecordRef<'_>,
+    ) -> Result<(), BatchError> {
+        self.push_fields(
+            offset_delta,
+            timestamp,
+            record.attributes,
+            record.key,
+            record.value,
+            ref_headers(record.headers()),
+        )
+    }
+
+    fn push_fields<'h, H>(
+        &mut self,
+        offset_delta: u32,
+        timestamp: i64,
+        attributes: i8,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: H,
+    ) -> Result<(), BatchError>
+    where
+        H: Iterator<Item = (&'h str, Option<&'h [u8]>)> + Clone,
+    {
+        let (offset_delta_i32, timestamp_delta) =
+            self.tally.check(&self.opts, offset_delta, timestamp)?;
+        let fields = RecordFields {
+            attributes,
+            timestamp_delta,
+            offset_delta: offset_delta_i32,
+            key,
+            value,
+            headers,
+        };
+        let (body_len, total) = fields.encoded_len()?;
+        let new_len = self.buf.len() as u64 + total as u64;
+        if new_len > BATCH_BYTES_MAX {
+            return Err(BatchError::TooLarge {
+                what: "batch",
+                actual: new_len,
+                limit: BATCH_BYTES_MAX,
+            });
+        }
+        self.buf.reserve(total);
+        fields.write(&mut self.buf, body_len);
+        self.tally.commit(offset_delta, timestamp);
+        Ok(())
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> usize {
+        self.tally.count as usize
+    }
+
+    /// No record pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.tally.count == 0
+    }
+
+    /// Bytes of the batch so far, header included, before compression.
+    pub fn size_estimate(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Finishes the batch: header, compression, CRC. Fails on an empty builder, and
+    /// on a codec this build cannot write (without `std`, only `None`).
+    pub fn build(self) -> Result<Vec<u8>, BatchError> {
+        let BatchBuilder {
+            opts,
+            mut buf,
+            tally,
+        } = self;
+        if tally.count == 0 {
+            return Err(BatchError::Invalid("a batch needs at least one record"));
+        }
+        if opts.compression != Compression::None {
+            let compressed =
+                compress_records(opts.compression, buf.get(HEADER_LEN..).unwrap_or(&[]))?;
+            buf.truncate(HEADER_LEN);
+            buf.extend_from_slice(&compressed);
+        }
+        tally.finish(&opts, &mut buf)?;
+        Ok(buf)
+    }
+}
+
+#[cfg(feature = "std")]
+fn compress_records(codec: Compression, records: &[u8]) -> Result<Vec<u8>, BatchError> {
+    super::compression::compress(codec, records)
+}
+
+#[cfg(not(feature = "std"))]
+fn compress_records(codec: Compression, _records: &[u8]) -> Result<Vec<u8>, BatchError> {
+    Err(BatchError::UnsupportedCompression(codec.name()))
+}
+
+/// Builds one uncompressed batch directly in a caller's buffer, without allocating.
+///
+/// ```
+/// use eddy_core::batch::{Batch, BatchOptions, builder::SliceBatchBuilder};
+/// let mut buf = [0u8; 256];
+/// let mut b = SliceBatchBuilder::new(&mut buf, BatchOptions::default())?;
+/// b.push(42, None, Some(b"reading=17"), &[])?;
+/// let bytes = b.finish()?;
+/// assert_eq!(Batch::new_checked(bytes)?.header.record_count, 1);
+/// # Ok::<(), eddy_core::batch::BatchError>(())
+/// ```
+#[derive(Debug)]
+pub struct SliceBatchBuilder<'b> {
+    opts: BatchOptions,
+    buf: &'b mut [u8],
+    /// Bytes used: header placeholder plus records.
+    pos: usize,
+    tally: Tally,
+}
+
+impl<'b> SliceBatchBuilder<'b> {
+    /// Starts a batch in `buf`. Only [`Compression::None`] is supported, and `buf` must
+    /// hold at least the header.
+    pub fn new(buf: &'b mut [u8], opts: BatchOptions) -> Result<SliceBatchBuilder<'b>, BatchError> {
+        if opts.compression != Compression::None {
+            return Err(BatchError::UnsupportedCompression(opts.compression.name()));
+        }
+        if buf.len() < HEADER_LEN {
+            return Err(BatchError::TooLarge {
+                what: "batch header",
+                actual: HEADER_LEN as u64,
+                limit: buf.len() as u64,
+            });
+        }
+        Ok(SliceBatchBuilder {
+            opts,
+            buf,
+            pos: HEADER_LEN,
+            tally: Tally::new(),
+        })
+    }
+
+    /// Appends a record at the offset after the previous one (0 for the first).
+    /// If it does not fit, fails with [`BatchError::TooLarge`] and changes nothing.
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[RecordHeader],
+    ) -> Result<(), BatchError> {
+        let offset_delta = self.tally.next_offset_delta()?;
+        self.push_with_offset_delta(offset_delta, timestamp, key, value, headers)
+    }
+
+    /// Appends a record at an explicit, strictly increasing offset delta.
+    /// If it does not fit, fails with [`BatchError::TooLarge`] and changes nothing.
+    pub fn push_with_offset_delta(
+        &mut self,
+        offset_delta: u32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[RecordHeader],
+    ) -> Result<(), BatchError> {
+        let (offset_delta_i32, timestamp_delta) =
+            self.tally.check(&self.opts, offset_delta, timestamp)?;
+        let fields = RecordFields {
+            attributes: 0,
+            timestamp_delta,
+            offset_delta: offset_delta_i32,
+            key,
+            value,
+            headers: owned_headers(headers),
+        };
+        let (body_len, total) = fields.encoded_len()?;
+        let end = self.pos.saturating_add(total);
+        if end > self.buf.len() || end as u64 > BATCH_BYTES_MAX {
+            return Err(BatchError::TooLarge {
+                what: "batch",
+                actual: end as u64,
+                limit: (self.buf.len() as u64).min(BATCH_BYTES_MAX),
+            });
+        }
+        let mut sink = SliceSink {
+            buf: &mut *self.buf,
+            pos: self.pos,
+            overflow: false,
+        };
+        fields.write(&mut sink, body_len);
+        // `encoded_len` and `write` agree, and the space was checked above.
+        assert!(!sink.overflow && sink.pos == end);
+        self.pos = end;
+        self.tally.commit(offset_delta, timestamp);
+        Ok(())
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> usize {
+        self.tally.count as usize
+    }
+
+    /// No record pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.tally.count == 0
+    }
+
+    /// Bytes of the batch so far, header included.
+    pub fn size(&self) -> usize {
+        self.pos
+    }
+
+    /// Writes the header and CRC and returns the finished batch (a prefix of the buffer).
+    pub fn finish(self) -> Result<&'b [u8], BatchError> {
+        let SliceBatchBuilder {
+            opts,
+            buf,
+            pos,
+            tally,
+        } = self;
+        let batch = buf
+            .get_mut(..pos)
+            .ok_or(BatchError::Invalid("batch longer than its buffer"))?;
+        tally.finish(&opts, batch)?;
+        Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::header::verify_crc;
+    use alloc::vec;
+
+    #[test]
+    fn header_fields_follow_the_records() {
+        let opts = BatchOptions {
+            base_offset: 100,
+            partition_leader_epoch: 7,
+            producer_id: 9,
+            producer_epoch: 2,
+            base_sequence: 40,
+            transactional: true,
+            ..BatchOptions::default()
+        };
+        let mut b = BatchBuilder::new(opts);
+        assert!(b.is_empty());
+        b.push(1000, Some(b"a"), None, &[]).unwrap();
+        b.push(900, None, Some(b"b"), &[RecordHeader::new("h", None)])
+            .unwrap();
+        b.push(1500, None, None, &[]).unwrap();
+        assert_eq!(b.len(), 3);
+        let size = b.size_estimate();
+        let bytes = b.build().unwrap();
+        assert_eq!(bytes.len(), size);
+        let h = verify_crc(&bytes).unwrap();
+        assert_eq!(h.base_offset, 100);
+        assert_eq!(h.partition_leader_epoch, 7);
+        assert_eq!(h.last_offset_delta, 2);
+        assert_eq!(h.base_timestamp, 1000);
+        assert_eq!(h.max_timestamp, 1500);
+        assert_eq!(h.record_count, 3);
+        assert_eq!(h.producer_id, 9);
+        assert_eq!(h.producer_epoch, 2);
+        assert_eq!(h.base_sequence, 40);
+        assert!(h.attributes.is_transactional());
+        assert!(!h.attributes.is_control());
+        assert_eq!(h.attributes.compression(), Ok(Compression::None));
+    }
+
+    #[test]
+    fn offset_deltas_must_increase() {
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        b.push_with_offset_delta(3, 0, None, None, &[]).unwrap();
+        assert!(matches!(
+            b.push_with_offset_delta(3, 0, None, None, &[]),
+            Err(BatchError::Invalid(_))
+        ));
+        assert!(matches!(
+            b.push_with_offset_delta(1, 0, None, None, &[]),
+            Err(BatchError::Invalid(_))
+        ));
+        // `push` continues after the last delta.
+        b.push(0, None, None, &[]).unwrap();
+        assert!(matches!(
+            b.push_with_offset_delta(u32::MAX, 0, None, None, &[]),
+            Err(BatchError::Invalid(_))
+        ));
+        let bytes = b.build().unwrap();
+        let h = verify_crc(&bytes).unwrap();
+        assert_eq!(h.last_offset_delta, 4);
+        assert_eq!(h.record_count, 2);
+    }
+
+    #[test]
+    fn empty_batch_is_refused() {
+        let b = BatchBuilder::new(BatchOptions::default());
+        assert!(matches!(b.build(), Err(BatchError::Invalid(_))));
+    }
+
+    #[test]
+    fn extreme_timestamps_fail_cleanly() {
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        b.push(i64::MIN, None, None, &[]).unwrap();
+        assert!(matches!(
+            b.push(i64::MAX, None, None, &[]),
+            Err(BatchError::Invalid(_))
+        ));
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn base_offset_past_i64_fails() {
+        let mut b = BatchBuilder::new(BatchOptions {
+            base_offset: i64::MAX as u64,
+            ..BatchOptions::default()
+        });
+        b.push(0, None, None, &[]).unwrap();
+        assert!(matches!(
+            b.push(0, None, None, &[]),
+            Err(BatchError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn slice_builder_matches_vec_builder() {
+        let headers = [RecordHeader::new("trace", Some(b"abc"))];
+        let mut v = BatchBuilder::new(BatchOptions::default());
+        let mut buf = vec![0u8; 512];
+        let mut s = SliceBatchBuilder::new(&mut buf, BatchOptions::default()).unwrap();
+        for i in 0..5i64 {
+            let value = [i as u8; 7];
+            v.push(i * 10, Some(b"k"), Some(&value), &headers).unwrap();
+            s.push(i * 10, Some(b"k"), Some(&value), &headers).unwrap();
+        }
+        assert_eq!(s.len(), 5);
+        let a = v.build().unwrap();
+        let b = s.finish().unwrap();
+        assert_eq!(a.as_slice(), b);
+    }
+
+    #[test]
+    fn slice_builder_refuses_what_does_not_fit_and_stays_usable() {
+        let mut buf = [0u8; HEADER_LEN + 12];
+        let mut s = SliceBatchBuilder::new(&mut buf, BatchOptions::default()).unwrap();
+        s.push(1, None, Some(b"ab"), &[]).unwrap();
+        let before = s.size();
+        assert!(matches!(
+            s.push(2, None, Some(b"too long for the rest"), &[]),
+            Err(BatchError::TooLarge { .. })
+        ));
+        assert_eq!(s.size(), before);
+        assert_eq!(s.len(), 1);
+        let batch = s.finish().unwrap();
+        assert_eq!(verify_crc(batch).unwrap().record_count, 1);
+    }
+
+    #[test]
+    fn slice_builder_checks_its_inputs() {
+        let mut small = [0u8; 10];
+        assert!(matches!(
+            SliceBatchBuilder::new(&mut small, BatchOptions::default()),
+            Err(BatchError::TooLarge { .. })
+        ));
+        let mut buf = [0u8; 100];
+        let opts = BatchOptions {
+            compression: Compression::Lz4,
+            ..BatchOptions::default()
+        };
+        assert!(matches!(
+            SliceBatchBuilder::new(&mut buf, opts),
+            Err(BatchError::UnsupportedCompression("lz4"))
+        ));
+        let s = SliceBatchBuilder::new(&mut buf, BatchOptions::default()).unwrap();
+        assert!(matches!(s.finish(), Err(BatchError::Invalid(_))));
+    }
+
+    #[cfg(not(feature = "std"))]
+    #[test]
+    fn without_std_only_uncompressed_batches_build() {
+        let mut b = BatchBuilder::new(BatchOptions {
+            compression: Compression::Zstd,
+            ..BatchOptions::default()
+        });
+        b.push(0, None, None, &[]).unwrap();
+        assert!(matches!(
+            b.build(),
+            Err(BatchError::UnsupportedCompression("zstd"))
+        ));
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn snappy_is_unsupported() {
+        let mut b = BatchBuilder::new(BatchOptions {
+            compression: Compression::Snappy,
+            ..BatchOptions::default()
+        });
+        b.push(0, None, None, &[]).unwrap();
+        assert!(matches!(
+            b.build(),
+            Err(BatchError::UnsupportedCompression("snappy"))
+        ));
+    }
+}

@@ -1,0 +1,235 @@
+//! Compression of a batch's records section (needs `std`).
+//!
+//! The codecs and framings are Kafka's: gzip (one or more gzip members), lz4 in the
+//! standard LZ4 frame format with 64 KiB independent blocks (what Kafka's
+//! `KafkaLZ4BlockOutputStream` writes for magic ≥ 1), and zstd frames. Snappy is
+//! recognised but not supported.
+//!
+//! Decompression streams into a buffer that never grows past the caller's limit, so a
+//! small compressed input that expands enormously fails with
+//! [`BatchError::TooLarge`] instead of exhausting memory.
+
+use std::io::{self, Read, Write};
+use std::string::ToString;
+use std::vec::Vec;
+
+use super::{BatchError, Compression};
+
+/// zstd level used when compressing (Kafka's default, `compression.zstd.level` = 3).
+pub const ZSTD_LEVEL: i32 = 3;
+/// gzip level used when compressing (Java's `Deflater.DEFAULT_COMPRESSION`, i.e. 6).
+pub const GZIP_LEVEL: u32 = 6;
+/// Smallest zstd window (as a power of two) a frame may ask for and still be decoded,
+/// whatever the output limit: 8 MiB, enough for frames from producers streaming at
+/// any level up to 19. A frame needing more fails instead of allocating its window.
+pub const ZSTD_WINDOW_LOG_FLOOR: u32 = 23;
+/// Largest zstd window log ever accepted (zstd's limit on 32-bit hosts).
+pub const ZSTD_WINDOW_LOG_CEILING: u32 = 30;
+/// Bytes read from a decoder per step while decompressing.
+const READ_CHUNK_BYTES: usize = 8 * 1024;
+
+const _: () = assert!(ZSTD_WINDOW_LOG_FLOOR <= ZSTD_WINDOW_LOG_CEILING);
+
+/// Compresses `data` (a batch's records section) with `codec`.
+pub fn compress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, BatchError> {
+    match codec {
+        Compression::None => Ok(data.to_vec()),
+        Compression::Gzip => {
+            let out = Vec::with_capacity(data.len() / 2 + 64);
+            let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
+            enc.write_all(data).map_err(codec_error(codec))?;
+            enc.finish().map_err(codec_error(codec))
+        }
+        Compression::Lz4 => {
+            let info = lz4_flex::frame::FrameInfo::new()
+                .block_size(lz4_flex::frame::BlockSize::Max64KB)
+                .block_mode(lz4_flex::frame::BlockMode::Independent);
+            let out = Vec::with_capacity(data.len() / 2 + 64);
+            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, out);
+            enc.write_all(data).map_err(codec_error(codec))?;
+            enc.finish().map_err(codec_error(codec))
+        }
+        Compression::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL).map_err(codec_error(codec)),
+        Compression::Snappy => Err(BatchError::UnsupportedCompression(codec.name())),
+    }
+}
+
+/// Decompresses `data` (a batch's records section) compressed with `codec`, failing
+/// with [`BatchError::TooLarge`] as soon as the output would exceed
+/// `decompressed_bytes_max`.
+pub fn decompress(
+    codec: Compression,
+    data: &[u8],
+    decompressed_bytes_max: usize,
+) -> Result<Vec<u8>, BatchError> {
+    match codec {
+        Compression::None => {
+            if data.len() > decompressed_bytes_max {
+                return Err(too_large(data.len(), decompressed_bytes_max));
+            }
+            Ok(data.to_vec())
+        }
+        Compression::Gzip => read_bounded(
+            codec,
+            flate2::read::MultiGzDecoder::new(data),
+            decompressed_bytes_max,
+        ),
+        Compression::Lz4 => read_bounded(
+            codec,
+            lz4_flex::frame::FrameDecoder::new(data),
+            decompressed_bytes_max,
+        ),
+        Compression::Zstd => {
+            let mut dec =
+                zstd::stream::read::Decoder::with_buffer(data).map_err(codec_error(codec))?;
+            dec.window_log_max(zstd_window_log_max(decompressed_bytes_max))
+                .map_err(codec_error(codec))?;
+            read_bounded(codec, dec, decompressed_bytes_max)
+        }
+        Compression::Snappy => Err(BatchError::UnsupportedCompression(codec.name())),
+    }
+}
+
+/// The largest window a zstd frame may declare: enough for the output limit, never
+/// below the floor (so ordinary producers' frames decode) nor above the ceiling.
+fn zstd_window_log_max(decompressed_bytes_max: usize) -> u32 {
+    let needed = usize::BITS - decompressed_bytes_max.saturating_sub(1).leading_zeros();
+    needed.clamp(ZSTD_WINDOW_LOG_FLOOR, ZSTD_WINDOW_LOG_CEILING)
+}
+
+/// Reads `r` to its end into a buffer that never grows past `max` bytes.
+fn read_bounded<R: Read>(codec: Compression, mut r: R, max: usize) -> Result<Vec<u8>, BatchError> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    loop {
+        let n = match r.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(codec_error(codec)(e)),
+        };
+        let len = out.len().saturating_add(n);
+        if len > max {
+            return Err(too_large(len, max));
+        }
+        if out.capacity() < len {
+            // Double, as a Vec would, but never past the limit.
+            let target = out.capacity().saturating_mul(2).clamp(len, max);
+            out.reserve_exact(target - out.len());
+        }
+        out.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+    }
+}
+
+fn too_large(actual: usize, limit: usize) -> BatchError {
+    BatchError::TooLarge {
+        what: "decompressed records",
+        actual: actual as u64,
+        limit: limit as u64,
+    }
+}
+
+fn codec_error<E: ToString>(codec: Compression) -> impl Fn(E) -> BatchError {
+    move |e| BatchError::Compression {
+        codec: codec.name(),
+        reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CODECS: [Compression; 4] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ (i / 1000) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn round_trips() {
+        for codec in CODECS {
+            for len in [0, 1, 100, 70_000, 300_000] {
+                let data = sample(len);
+                let c = compress(codec, &data).unwrap();
+                assert_eq!(decompress(codec, &c, len).unwrap(), data, "{codec:?} {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn over_the_limit_by_one_is_too_large() {
+        for codec in CODECS {
+            let data = sample(10_000);
+            let c = compress(codec, &data).unwrap();
+            let e = decompress(codec, &c, 9_999).unwrap_err();
+            assert!(
+                matches!(e, BatchError::TooLarge { limit: 9_999, .. }),
+                "{codec:?}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bombs_fail_without_allocating_their_size() {
+        // 64 MiB of zeros compresses to a few KiB; the limit is 1 MiB.
+        let zeros = vec![0u8; 64 << 20];
+        for codec in [Compression::Gzip, Compression::Lz4, Compression::Zstd] {
+            let c = compress(codec, &zeros).unwrap();
+            assert!(c.len() < 1 << 20, "{codec:?} {}", c.len());
+            let e = decompress(codec, &c, 1 << 20).unwrap_err();
+            assert!(
+                matches!(e, BatchError::TooLarge { actual, limit: 1_048_576, .. } if actual <= (1 << 20) + READ_CHUNK_BYTES as u64),
+                "{codec:?}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for codec in [Compression::Gzip, Compression::Lz4, Compression::Zstd] {
+            let e = decompress(codec, b"definitely not compressed", 1 << 20).unwrap_err();
+            assert!(
+                matches!(e, BatchError::Compression { .. }),
+                "{codec:?}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lz4_uses_kafkas_frame_layout() {
+        let c = compress(Compression::Lz4, b"hello").unwrap();
+        // Magic 0x184D2204 (LE), FLG: version 01, block independence set, no checksums,
+        // no content size; BD: 64 KiB blocks (4 << 4).
+        assert_eq!(&c[..4], &[0x04, 0x22, 0x4d, 0x18]);
+        assert_eq!(c[4], 0b0110_0000);
+        assert_eq!(c[5], 0x40);
+    }
+
+    #[test]
+    fn snappy_is_refused() {
+        assert_eq!(
+            compress(Compression::Snappy, b"x"),
+            Err(BatchError::UnsupportedCompression("snappy"))
+        );
+        assert_eq!(
+            decompress(Compression::Snappy, b"x", 10),
+            Err(BatchError::UnsupportedCompression("snappy"))
+        );
+    }
+
+    #[test]
+    fn window_limit_tracks_the_output_limit() {
+        assert_eq!(zstd_window_log_max(0), ZSTD_WINDOW_LOG_FLOOR);
+        assert_eq!(zstd_window_log_max(1 << 20), ZSTD_WINDOW_LOG_FLOOR);
+        assert_eq!(zstd_window_log_max((1 << 25) + 1), 26);
+        assert_eq!(zstd_window_log_max(usize::MAX), ZSTD_WINDOW_LOG_CEILING);
+    }
+}

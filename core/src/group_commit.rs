@@ -1,0 +1,106 @@
+//! Group commit: concurrent appenders share one fsync.
+//!
+//! With `fsync = always` every acknowledged append must be on disk, but an fsync per
+//! append would cap a partition at the disk's sync rate. [`SharedLog::append_durable`]
+//! appends under the lock, then either runs the fsync itself (without the lock, so
+//! others keep appending) or waits for the one in flight; each fsync covers every
+//! append made before it started.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use crate::log::{AppendInfo, LogError, PartitionLog};
+
+#[derive(Debug)]
+struct Inner {
+    log: PartitionLog,
+    syncing: bool,
+    syncs: u64,
+}
+
+/// A partition log shared between threads, with group commit.
+#[derive(Debug)]
+pub struct SharedLog {
+    inner: Mutex<Inner>,
+    synced: Condvar,
+}
+
+impl SharedLog {
+    /// Wraps an open log.
+    pub fn new(log: PartitionLog) -> Self {
+        SharedLog {
+            inner: Mutex::new(Inner {
+                log,
+                syncing: false,
+                syncs: 0,
+            }),
+            synced: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The log's own state stays consistent across a panicking holder: every
+        // mutation either completed or returned an error before touching it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the log under the lock.
+    pub fn with<R>(&self, f: impl FnOnce(&mut PartitionLog) -> R) -> R {
+        f(&mut self.lock().log)
+    }
+
+    /// Group-commit fsyncs run so far.
+    pub fn syncs(&self) -> u64 {
+        self.lock().syncs
+    }
+
+    /// Appends as leader and returns once the records are durable.
+    pub fn append_durable(
+        &self,
+        batches: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let mut g = self.lock();
+        let info = g.log.append(batches, leader_epoch, now_ms)?;
+        let target = info.last_offset + 1;
+        self.wait_durable(g, target)?;
+        Ok(info)
+    }
+
+    /// Waits until offsets below `target` are durable, syncing if nobody else is.
+    fn wait_durable<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Inner>,
+        target: u64,
+    ) -> Result<(), LogError> {
+        loop {
+            if g.log.durable_offset() >= target {
+                return Ok(());
+            }
+            if g.syncing {
+                g = self.synced.wait(g).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let Some(job) = g.log.begin_sync()? else {
+                continue;
+            };
+            g.syncing = true;
+            drop(g);
+            let result = job.run();
+            g = self.lock();
+            g.syncing = false;
+            g.syncs += 1;
+            let outcome = g.log.finish_sync(&job, result);
+            self.synced.notify_all();
+            outcome?;
+        }
+    }
+
+    /// Unwraps the log (e.g. to close it).
+    pub fn into_inner(self) -> PartitionLog {
+        self.inner
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .log
+    }
+}
