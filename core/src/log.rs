@@ -874,6 +874,9 @@ impl PartitionLog {
 
     fn after_truncation(&mut self, now_ms: i64) -> Result<(), LogError> {
         let end = self.log_end_offset();
+        // Truncation cuts whole batches, so the end can drop below a log start offset
+        // that pointed into the batch that went.
+        self.log_start_offset = self.log_start_offset.min(end);
         self.high_watermark = self.high_watermark.clamp(self.log_start_offset, end);
         self.recovery_point = self.recovery_point.min(end);
         self.durable_offset = self.durable_offset.min(end);
