@@ -41,6 +41,55 @@ pub struct CleanupPolicy {
     pub compact: bool,
 }
 
+/// The node-wide fsync shorthand (`fsync = "always" | "interval" | "never"`), which
+/// sets the defaults of Kafka's per-topic `flush.messages` and `flush.ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every append is synced before it is acknowledged (`flush.messages = 1`);
+    /// concurrent appends share one fsync.
+    Always,
+    /// Synced every `interval_ms` (`flush.ms`); a crash may lose that much.
+    Interval {
+        /// Milliseconds between syncs.
+        interval_ms: u64,
+    },
+    /// Never synced by the log (only on segment roll and clean shutdown); the OS
+    /// writes back on its own schedule. Easiest on SD cards.
+    Never,
+}
+
+impl FsyncPolicy {
+    /// Parses `always`, `interval` or `never` (with the interval for `interval`).
+    pub fn parse(name: &str, interval_ms: u64) -> Result<FsyncPolicy, ConfigError> {
+        match name {
+            "always" => Ok(FsyncPolicy::Always),
+            "interval" => Ok(FsyncPolicy::Interval { interval_ms }),
+            "never" => Ok(FsyncPolicy::Never),
+            other => Err(invalid("fsync", other, "use always, interval or never")),
+        }
+    }
+
+    /// `base` with `flush.messages` / `flush.ms` set by this policy.
+    pub fn apply(self, base: &LogConfig) -> LogConfig {
+        let mut c = base.clone();
+        match self {
+            FsyncPolicy::Always => {
+                c.flush_messages = Some(1);
+                c.flush_ms = None;
+            }
+            FsyncPolicy::Interval { interval_ms } => {
+                c.flush_messages = None;
+                c.flush_ms = Some(interval_ms);
+            }
+            FsyncPolicy::Never => {
+                c.flush_messages = None;
+                c.flush_ms = None;
+            }
+        }
+        c
+    }
+}
+
 /// Size of the largest segment file a position (u32) can address.
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
 /// Smallest segment Kafka allows (14 bytes, one empty batch header fits).
@@ -404,6 +453,35 @@ mod tests {
         assert!(e.to_string().contains("segment.bytes"), "{e}");
         let e = LogConfig::from_props(&props(&[("cleanup.policy", "compact,shred")])).unwrap_err();
         assert!(e.to_string().contains("cleanup.policy"), "{e}");
+    }
+
+    #[test]
+    fn the_node_fsync_shorthand_sets_kafkas_flush_defaults() {
+        let always = FsyncPolicy::parse("always", 0)
+            .unwrap()
+            .apply(&LogConfig::default());
+        assert_eq!((always.flush_messages, always.flush_ms), (Some(1), None));
+        let interval = FsyncPolicy::parse("interval", 250)
+            .unwrap()
+            .apply(&LogConfig::default());
+        assert_eq!(
+            (interval.flush_messages, interval.flush_ms),
+            (None, Some(250))
+        );
+        // A topic can still override the node's default.
+        let topic = interval
+            .with_props(&props(&[("flush.messages", "10")]))
+            .unwrap();
+        assert_eq!(
+            (topic.flush_messages, topic.flush_ms),
+            (Some(10), Some(250))
+        );
+        assert!(
+            FsyncPolicy::parse("sometimes", 0)
+                .unwrap_err()
+                .to_string()
+                .contains("fsync")
+        );
     }
 
     #[test]

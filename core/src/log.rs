@@ -235,6 +235,7 @@ impl PartitionLog {
             .unwrap_or(0);
         let mut segments = BTreeMap::new();
         let mut dropped_after_corruption = false;
+        let mut recovered = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             let path = Segment::path(dir, base, SegmentFile::Log, FileState::Live);
             if dropped_after_corruption {
@@ -267,6 +268,7 @@ impl PartitionLog {
                 None => Segment::open(st, dir, base, &config, last, recover, now_ms)?,
             };
             if recover {
+                recovered.push(base);
                 report.recovered_segments += 1;
                 report.recovered_batches += rep.batches;
                 report.truncated_bytes += rep.truncated_bytes;
@@ -326,10 +328,12 @@ impl PartitionLog {
         };
         // Whatever recovery read back may still sit only in the page cache: sync it,
         // then record that no scan is needed next time.
-        for seg in log.segments.values() {
-            seg.log_file()
-                .sync_data()
-                .map_err(io_err("sync a recovered segment"))?;
+        for base in recovered {
+            if let Some(seg) = log.segments.get(&base) {
+                seg.log_file()
+                    .sync_data()
+                    .map_err(io_err("sync a recovered segment"))?;
+            }
         }
         log.recovery_point = log_end;
         log.durable_offset = log_end;
