@@ -66,8 +66,9 @@ pub struct Segment {
     max_timestamp: i64,
     offset_of_max_timestamp: u64,
     next_offset: u64,
-    /// When `segment.ms` counts from: the first batch's max timestamp, else creation.
-    roll_base_ms: Option<i64>,
+    /// When `segment.ms` counts from: the broker's clock when the segment was created
+    /// or opened. (Kafka counts from the first batch's timestamp; a gateway's sensors
+    /// may have no real-time clock, and a timestamp from 1970 would roll every append.)
     created_ms: i64,
     writable: bool,
     /// Bytes written since the last sync.
@@ -137,7 +138,6 @@ impl Segment {
             max_timestamp: NO_TIMESTAMP,
             offset_of_max_timestamp: base,
             next_offset: base,
-            roll_base_ms: None,
             created_ms: now_ms,
             writable: true,
             dirty: false,
@@ -241,7 +241,6 @@ impl Segment {
                         next_offset: base,
                         max_timestamp: NO_TIMESTAMP,
                         offset_of_max_timestamp: base,
-                        first_max_timestamp: None,
                     },
                     (Some(mut tail), Ok(())) => {
                         if let Some((t, o)) = time_index.last()
@@ -250,7 +249,6 @@ impl Segment {
                             tail.max_timestamp = t;
                             tail.offset_of_max_timestamp = o;
                         }
-                        tail.first_max_timestamp = first_batch_max_timestamp(&*log, size)?;
                         tail
                     }
                     (tail, consistent) => {
@@ -281,11 +279,8 @@ impl Segment {
                 }
             }
         };
-        let (max_timestamp, offset_of_max_timestamp, first_max_timestamp) = (
-            tail.max_timestamp,
-            tail.offset_of_max_timestamp,
-            tail.first_max_timestamp,
-        );
+        let (max_timestamp, offset_of_max_timestamp) =
+            (tail.max_timestamp, tail.offset_of_max_timestamp);
         let bytes_since_index_entry = size - offset_index.last().map_or(0, |(_, p)| p as u64);
         Ok((
             Segment {
@@ -300,7 +295,6 @@ impl Segment {
                 max_timestamp,
                 offset_of_max_timestamp,
                 next_offset: if size == 0 { base } else { tail.next_offset },
-                roll_base_ms: first_max_timestamp,
                 created_ms: now_ms,
                 writable,
                 dirty: false,
@@ -350,7 +344,7 @@ impl Segment {
         if self.size == 0 {
             return false;
         }
-        let base_ms = self.roll_base_ms.unwrap_or(self.created_ms);
+        let base_ms = self.created_ms;
         self.size + batch_len > config.segment_bytes
             || now_ms.saturating_sub(base_ms) >= config.segment_ms.min(i64::MAX as u64) as i64
             || self.offset_index.is_full()
@@ -393,9 +387,6 @@ impl Segment {
         self.size += batch.len() as u64;
         self.max_timestamp = max_timestamp;
         self.offset_of_max_timestamp = offset_of_max;
-        if self.roll_base_ms.is_none() {
-            self.roll_base_ms = Some(header.max_timestamp);
-        }
         if wants_entry {
             self.bytes_since_index_entry = 0;
         }
@@ -523,9 +514,6 @@ impl Segment {
         } else {
             tail.next_offset
         };
-        if self.size == 0 {
-            self.roll_base_ms = None;
-        }
         self.bytes_since_index_entry = self.size - scan_start;
         Ok(self.next_offset)
     }
@@ -650,7 +638,6 @@ struct Tail {
     next_offset: u64,
     max_timestamp: i64,
     offset_of_max_timestamp: u64,
-    first_max_timestamp: Option<i64>,
 }
 
 /// Reads headers from `start` to `end` (trusting lengths; the segment was recovered).
@@ -660,7 +647,6 @@ fn tail_from(file: &dyn StorageFile, base: u64, start: u64, end: u64) -> io::Res
         next_offset: base,
         max_timestamp: NO_TIMESTAMP,
         offset_of_max_timestamp: base,
-        first_max_timestamp: None,
     };
     let mut last_end = start;
     while let Some(loc) = walker.next_header()? {
@@ -679,15 +665,6 @@ fn tail_from(file: &dyn StorageFile, base: u64, start: u64, end: u64) -> io::Res
         ));
     }
     Ok(t)
-}
-
-fn first_batch_max_timestamp(file: &dyn StorageFile, size: u64) -> io::Result<Option<i64>> {
-    if size < HEADER_LEN as u64 {
-        return Ok(None);
-    }
-    let mut b = [0u8; HEADER_LEN];
-    file.read_exact_at(&mut b, 0)?;
-    Ok(BatchHeader::parse(&b).ok().map(|h| h.max_timestamp))
 }
 
 /// What a full scan of a log file found.
@@ -714,7 +691,6 @@ fn scan_log(
             next_offset: base,
             max_timestamp: NO_TIMESTAMP,
             offset_of_max_timestamp: base,
-            first_max_timestamp: None,
         },
         ..Scan::default()
     };
@@ -786,9 +762,6 @@ fn scan_log(
         if h.max_timestamp > scan.tail.max_timestamp {
             scan.tail.max_timestamp = h.max_timestamp;
             scan.tail.offset_of_max_timestamp = h.last_offset();
-        }
-        if scan.tail.first_max_timestamp.is_none() {
-            scan.tail.first_max_timestamp = Some(h.max_timestamp);
         }
         scan.tail.next_offset = h.next_offset();
         scan.batches += 1;
