@@ -1,0 +1,201 @@
+//! The `eddy` command line: `eddy serve [--config FILE] [flags]` and
+//! `eddy version`.
+//!
+//! Every config key has a flag of the same name; a flag beats the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigError, FsyncMode, NodeConfig};
+
+/// `eddy`: a small Kafka-style event log broker for edge devices.
+#[derive(Debug, Parser)]
+#[command(name = "eddy", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The `eddy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Print the version and exit.
+    Version,
+}
+
+/// Arguments of `eddy serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file (TOML); without it the built-in defaults are used.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Flags that override keys of the config file.
+    #[command(flatten)]
+    pub overrides: ConfigOverrides,
+}
+
+impl ServeArgs {
+    /// The config the node runs with: the file (or the built-in defaults),
+    /// then the flags on top, then the checks.
+    pub fn effective_config(&self) -> Result<NodeConfig, ConfigError> {
+        let mut config = NodeConfig::load(self.config.as_deref())?;
+        self.overrides.apply(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// One optional flag per config key, named like the key.
+#[derive(Debug, Default, Args)]
+pub struct ConfigOverrides {
+    /// Overrides `data-dir`: directory for partition data.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Overrides `listen`: QUIC listen address.
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Overrides `fsync`: when appends are forced to disk.
+    #[arg(long, value_enum)]
+    pub fsync: Option<FsyncMode>,
+    /// Overrides `fsync-interval-ms`.
+    #[arg(long, value_name = "MS")]
+    pub fsync_interval_ms: Option<u64>,
+    /// Overrides `log-retention-check-interval-ms`.
+    #[arg(long, value_name = "MS")]
+    pub log_retention_check_interval_ms: Option<u64>,
+    /// Sets one entry of `[topic-defaults]` by its Kafka name; repeatable.
+    #[arg(long = "topic-default", value_name = "NAME=VALUE", value_parser = parse_name_value)]
+    pub topic_defaults: Vec<(String, String)>,
+}
+
+impl ConfigOverrides {
+    /// Writes every flag that was given into `config`.
+    pub fn apply(&self, config: &mut NodeConfig) {
+        if let Some(data_dir) = &self.data_dir {
+            config.data_dir.clone_from(data_dir);
+        }
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(fsync) = self.fsync {
+            config.fsync = fsync;
+        }
+        if let Some(ms) = self.fsync_interval_ms {
+            config.fsync_interval_ms = ms;
+        }
+        if let Some(ms) = self.log_retention_check_interval_ms {
+            config.log_retention_check_interval_ms = ms;
+        }
+        for (name, value) in &self.topic_defaults {
+            config.topic_defaults.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+fn parse_name_value(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("expected NAME=VALUE, got `{arg}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(std::iter::once("eddy").chain(args.iter().copied()))
+            .expect("arguments parse");
+        match cli.command {
+            Command::Serve(args) => args,
+            Command::Version => panic!("expected serve"),
+        }
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_config_key_has_a_flag() {
+        let keys: toml::Table =
+            toml::from_str(&NodeConfig::default().to_toml().expect("defaults serialize"))
+                .expect("valid TOML");
+        let command = Cli::command();
+        let serve = command
+            .find_subcommand("serve")
+            .expect("serve subcommand exists");
+        let flags: Vec<&str> = serve.get_arguments().filter_map(|a| a.get_long()).collect();
+        for key in keys.keys() {
+            // A table's flag sets one entry at a time, so it is singular.
+            let flag = key.strip_suffix('s').filter(|_| keys[key].is_table());
+            let flag = flag.unwrap_or(key);
+            assert!(flags.contains(&flag), "no --{flag} flag for key `{key}`");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "data-dir = \"/from/file\"\nfsync = \"never\"\nfsync-interval-ms = 50\n\
+             [topic-defaults]\n\"retention.ms\" = 1000\n\"segment.bytes\" = 4096\n",
+        )
+        .expect("write config");
+        let path_arg = path.to_str().expect("tempdir path is UTF-8");
+
+        let args = serve_args(&[
+            "serve",
+            "--config",
+            path_arg,
+            "--fsync",
+            "always",
+            "--listen",
+            "127.0.0.1:0",
+            "--topic-default",
+            "retention.ms=2000",
+        ]);
+        let config = args.effective_config().expect("valid config");
+
+        assert_eq!(config.fsync, FsyncMode::Always, "flag wins");
+        assert_eq!(config.listen.port(), 0, "flag wins");
+        assert_eq!(config.data_dir, PathBuf::from("/from/file"), "file kept");
+        assert_eq!(config.fsync_interval_ms, 50, "file kept");
+        assert_eq!(config.topic_defaults["retention.ms"], "2000", "flag wins");
+        assert_eq!(config.topic_defaults["segment.bytes"], "4096", "file kept");
+    }
+
+    #[test]
+    fn flags_apply_to_the_built_in_config() {
+        let config = serve_args(&["serve", "--data-dir", "/elsewhere"])
+            .effective_config()
+            .expect("valid config");
+        assert_eq!(config.data_dir, PathBuf::from("/elsewhere"));
+        assert_eq!(config.fsync, FsyncMode::Interval);
+    }
+
+    #[test]
+    fn flag_values_are_validated_too() {
+        let error = serve_args(&["serve", "--fsync-interval-ms", "0"])
+            .effective_config()
+            .expect_err("0 ms is invalid");
+        assert!(error.to_string().contains("fsync-interval-ms"), "{error}");
+    }
+
+    #[test]
+    fn topic_default_flag_needs_name_and_value() {
+        let result = Cli::try_parse_from(["eddy", "serve", "--topic-default", "retention.ms"]);
+        assert!(result.is_err());
+        let result = Cli::try_parse_from(["eddy", "serve", "--topic-default", "=1"]);
+        assert!(result.is_err());
+    }
+}

@@ -1,0 +1,194 @@
+//! Helpers for Eddy's black-box tests, which start real `eddy` processes
+//! (Unix only: they stop them with signals). The tests live in `tests/`.
+//!
+//! The `eddy` binary is built once per test process with
+//! `cargo build -p eddy-node --bin eddy`, into the target directory and
+//! profile of the running test executable. (`cargo test --workspace` does not
+//! build it: cargo builds a package's binaries only for that package's own
+//! integration tests.) When it is fresh this costs well under a second. Set
+//! `EDDY_BIN` to use a given binary instead.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How often [`wait_until`] and [`EddyProcess::wait_timeout`] look again.
+const POLL_INTERVAL_MS: u64 = 10;
+
+/// The path of the `eddy` binary, built (or found up to date) once per test
+/// process.
+///
+/// # Panics
+///
+/// If the binary cannot be found or built: no test can run without it.
+pub fn eddy_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(locate_or_build_eddy)
+}
+
+fn locate_or_build_eddy() -> PathBuf {
+    if let Some(path) = std::env::var_os("EDDY_BIN") {
+        return PathBuf::from(path);
+    }
+    // Test executables live in <target-dir>[/<triple>]/<profile>/deps/, and
+    // binaries one level up. Cargo marks <target-dir> with CACHEDIR.TAG.
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let mut profile_dir = exe.parent().expect("test executable has a directory");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("deps/ has a parent");
+    }
+    let bin = profile_dir.join(format!("eddy{}", std::env::consts::EXE_SUFFIX));
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", "eddy-node", "--bin", "eddy"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    let target_dir = profile_dir
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file());
+    if let Some(target_dir) = target_dir {
+        build.arg("--target-dir").arg(target_dir);
+        let triple_dir = profile_dir.parent().filter(|dir| *dir != target_dir);
+        if let Some(triple) = triple_dir.and_then(|dir| dir.file_name()) {
+            build.arg("--target").arg(triple);
+        }
+    }
+    match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") | None => {}
+        Some(profile) => {
+            build.args(["--profile", profile]);
+        }
+    }
+    let status = build
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run `{build:?}`: {e}"));
+    assert!(status.success(), "`{build:?}` failed: {status}");
+    assert!(
+        bin.is_file(),
+        "built eddy but it is not at {}; set EDDY_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it
+/// held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+    }
+}
+
+/// A running `eddy` process. Dropping it kills the process if it is still
+/// running, so a failing test leaves nothing behind.
+#[derive(Debug)]
+pub struct EddyProcess {
+    child: Child,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl EddyProcess {
+    /// Starts `eddy` with `args`. Its stdout and stderr go to files in
+    /// `output_dir`; its log level is `info`.
+    pub fn start<I, S>(args: I, output_dir: &Path) -> io::Result<EddyProcess>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let stdout_path = output_dir.join("eddy.stdout");
+        let stderr_path = output_dir.join("eddy.stderr");
+        let child = Command::new(eddy_bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path)?)
+            .stderr(File::create(&stderr_path)?)
+            .spawn()?;
+        Ok(EddyProcess {
+            child,
+            stdout_path,
+            stderr_path,
+        })
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        let pid = libc::pid_t::try_from(self.id())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+        // The pid is our child, not yet reaped (we hold it), so it cannot
+        // name another process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still
+    /// running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+        }
+    }
+
+    /// What the process wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        read_lossy(&self.stdout_path)
+    }
+
+    /// What the process wrote to stderr so far (its log goes there).
+    pub fn stderr(&self) -> String {
+        read_lossy(&self.stderr_path)
+    }
+}
+
+impl Drop for EddyProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // Best effort: there is nothing useful to do if killing fails.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}

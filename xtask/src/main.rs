@@ -1,0 +1,184 @@
+//! `cargo xtask <verb>`: Eddy's workflows, in Rust instead of shell scripts.
+//!
+//! - `setup`: install what the other verbs need (rustup targets). Idempotent.
+//! - `ci`: everything CI checks, in order, stopping at the first failure.
+//! - `bench`: the storage core's benchmarks.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+/// Targets `setup` installs: the bare-metal ARM target proves that the core's
+/// record codec builds without `std`.
+const RUSTUP_TARGETS: &[&str] = &[NO_STD_TARGET];
+/// The target the `no_std` build check uses.
+const NO_STD_TARGET: &str = "thumbv7em-none-eabihf";
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Eddy's project workflows")]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Install the rustup targets the build needs (safe to run again).
+    Setup,
+    /// Run every CI check in order: fmt, clippy, no_std build, tests.
+    Ci,
+    /// Run the storage core's benchmarks; extra arguments go to the bench binary.
+    Bench {
+        /// Passed after `--` to the benchmarks (e.g. a filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+/// A step that failed: what ran, and how it ended.
+struct Failure {
+    step: String,
+    detail: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    let result = match cli.verb {
+        Verb::Setup => setup(),
+        Verb::Ci => ci(&root),
+        Verb::Bench { args } => bench(&root, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("xtask: step `{}` failed: {}", failure.step, failure.detail);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: xtask's manifest sits one level below it.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// The cargo that runs us (so a `+toolchain` choice carries through).
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn setup() -> Result<(), Failure> {
+    let installed = output_of("rustup target list --installed", {
+        let mut cmd = Command::new("rustup");
+        cmd.args(["target", "list", "--installed"]);
+        cmd
+    })?;
+    for target in RUSTUP_TARGETS {
+        if installed.lines().any(|line| line.trim() == *target) {
+            println!("xtask setup: target {target} already installed");
+            continue;
+        }
+        let mut cmd = Command::new("rustup");
+        cmd.args(["target", "add", target]);
+        run_step(&format!("rustup target add {target}"), cmd)?;
+    }
+    Ok(())
+}
+
+fn ci(root: &Path) -> Result<(), Failure> {
+    let steps: [(&str, &[&str]); 4] = [
+        ("fmt", &["fmt", "--all", "--", "--check"]),
+        (
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        (
+            "no_std build",
+            &[
+                "build",
+                "-p",
+                "eddy-core",
+                "--no-default-features",
+                "--target",
+                NO_STD_TARGET,
+            ],
+        ),
+        ("test", &["test", "--workspace"]),
+    ];
+    let started = Instant::now();
+    for (name, args) in steps {
+        let mut cmd = cargo();
+        cmd.args(args).current_dir(root);
+        let step_started = Instant::now();
+        println!("xtask ci: [{name}] cargo {}", args.join(" "));
+        run_step(name, cmd)?;
+        println!(
+            "xtask ci: [{name}] ok in {:.1} s",
+            step_started.elapsed().as_secs_f64()
+        );
+    }
+    println!(
+        "xtask ci: all steps passed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn bench(root: &Path, args: Vec<OsString>) -> Result<(), Failure> {
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "eddy-core"]).current_dir(root);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    run_step("bench", cmd)
+}
+
+/// Runs `cmd` with inherited stdio; a non-zero exit is a [`Failure`].
+fn run_step(step: &str, mut cmd: Command) -> Result<(), Failure> {
+    let status = cmd.status().map_err(|e| Failure {
+        step: step.to_owned(),
+        detail: format!("cannot start {:?}: {e}", cmd.get_program()),
+    })?;
+    if status.success() {
+        return Ok(());
+    }
+    let detail = match status.code() {
+        Some(code) => format!("exit code {code}"),
+        None => format!("ended by {status}"),
+    };
+    Err(Failure {
+        step: step.to_owned(),
+        detail,
+    })
+}
+
+/// Runs `cmd` and returns its stdout; a non-zero exit is a [`Failure`].
+fn output_of(step: &str, mut cmd: Command) -> Result<String, Failure> {
+    let output = cmd.output().map_err(|e| Failure {
+        step: step.to_owned(),
+        detail: format!("cannot start {:?}: {e}", cmd.get_program()),
+    })?;
+    if !output.status.success() {
+        return Err(Failure {
+            step: step.to_owned(),
+            detail: format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
