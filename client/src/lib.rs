@@ -9,6 +9,8 @@
 //! same partition as they would with Kafka's Java client: see
 //! [`partition_for_key`].
 
+pub mod protocol;
+
 /// Kafka's 32-bit murmur2 hash (`org.apache.kafka.common.utils.Utils.murmur2`).
 ///
 /// Returns the same signed value as the Java code, bit for bit: seed

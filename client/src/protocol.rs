@@ -1,0 +1,517 @@
+//! The native wire protocol, `eddy/1` over QUIC. Sans-IO: types and framing only.
+//!
+//! One bidirectional QUIC stream per request. Each direction carries one frame and
+//! then finishes its side of the stream:
+//!
+//! ```text
+//! u32 (big-endian) header length | postcard header | raw payload (to end of stream)
+//! ```
+//!
+//! The payload of a Produce request and of a Fetch response is record-batch bytes
+//! (Kafka RecordBatch v2, one or more batches), never postcard: the node writes the
+//! bytes it received and serves the bytes it stored. Every other message has an
+//! empty payload. Every length read from the network is checked against a limit
+//! before anything is allocated.
+//!
+//! Errors are a [`ResponseHeader::Error`] with a stable numeric [`ErrorCode`]
+//! (Kafka's numbers where Kafka has the error) and a human message, never a dropped
+//! stream.
+
+use serde::{Deserialize, Serialize};
+
+/// ALPN protocol id of this protocol.
+pub const ALPN: &[u8] = b"eddy/1";
+/// Version of the message set below. A node answers an unknown version with
+/// [`ErrorCode::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest postcard header either side accepts.
+pub const HEADER_BYTES_MAX: u32 = 64 * 1024;
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+/// Default UDP port of a node.
+pub const DEFAULT_PORT: u16 = 7878;
+
+/// A request: the first frame on a new stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestHeader {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// What is asked.
+    pub request: Request,
+}
+
+/// Where ListOffsets should look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OffsetSpec {
+    /// The log start offset.
+    Earliest,
+    /// The high watermark (the next offset a consumer will see).
+    Latest,
+    /// The first offset whose record timestamp is at or after this (ms).
+    Timestamp(i64),
+}
+
+/// `acks`: when the node answers a produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Acks {
+    /// 0: the node sends no response; the client does not wait.
+    None,
+    /// 1: after the leader appended (and synced, with `fsync = always`).
+    Leader,
+    /// all: after every in-sync replica has it (the leader alone until replication).
+    All,
+}
+
+/// A topic config change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigChange {
+    /// Set `key` to `value`.
+    Set(String, String),
+    /// Return `key` to the node's default.
+    Delete(String),
+}
+
+/// Every request type. Variants are only ever added, at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Append the payload (record batches) to a partition.
+    Produce {
+        /// Topic.
+        topic: String,
+        /// Partition, or `None` to let the node's partitioner choose.
+        partition: Option<u32>,
+        /// When to answer.
+        acks: Acks,
+        /// How long the node may take before answering `RequestTimedOut` (acks=all).
+        timeout_ms: u32,
+    },
+    /// Read batches from a partition, long-polling until `min_bytes` or `max_wait_ms`.
+    Fetch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// First offset wanted.
+        offset: u64,
+        /// Most payload bytes (at least one whole batch is sent if any exists).
+        max_bytes: u32,
+        /// Answer early once this many bytes are available.
+        min_bytes: u32,
+        /// Longest wait for `min_bytes`.
+        max_wait_ms: u32,
+    },
+    /// Look up an offset.
+    ListOffsets {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Which offset.
+        spec: OffsetSpec,
+    },
+    /// Topics, their partition counts and the nodes leading them.
+    Metadata {
+        /// Only these topics, or all.
+        topics: Option<Vec<String>>,
+    },
+    /// Create a topic.
+    CreateTopic {
+        /// Name.
+        name: String,
+        /// Partitions.
+        partitions: u32,
+        /// Copies of each partition.
+        replication_factor: u16,
+        /// Kafka-named configs.
+        configs: Vec<(String, String)>,
+    },
+    /// Delete a topic and its data.
+    DeleteTopic {
+        /// Name.
+        name: String,
+    },
+    /// A topic's configs and per-partition state.
+    DescribeTopic {
+        /// Name.
+        name: String,
+    },
+    /// Change topic configs.
+    AlterConfigs {
+        /// Topic.
+        name: String,
+        /// Changes, applied in order.
+        changes: Vec<ConfigChange>,
+    },
+    /// Grow a topic to `total` partitions.
+    CreatePartitions {
+        /// Topic.
+        name: String,
+        /// New partition count (larger than the current one).
+        total: u32,
+    },
+}
+
+impl Request {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Produce { .. } => "Produce",
+            Request::Fetch { .. } => "Fetch",
+            Request::ListOffsets { .. } => "ListOffsets",
+            Request::Metadata { .. } => "Metadata",
+            Request::CreateTopic { .. } => "CreateTopic",
+            Request::DeleteTopic { .. } => "DeleteTopic",
+            Request::DescribeTopic { .. } => "DescribeTopic",
+            Request::AlterConfigs { .. } => "AlterConfigs",
+            Request::CreatePartitions { .. } => "CreatePartitions",
+        }
+    }
+}
+
+/// Per-partition state in [`Response::DescribeTopic`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    /// Partition number.
+    pub partition: u32,
+    /// Node id of the leader.
+    pub leader: u32,
+    /// Node ids holding a copy.
+    pub replicas: Vec<u32>,
+    /// Node ids in sync.
+    pub isr: Vec<u32>,
+    /// First offset.
+    pub log_start_offset: u64,
+    /// Offsets below this are committed.
+    pub high_watermark: u64,
+    /// Offset the next record gets.
+    pub log_end_offset: u64,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+}
+
+/// A topic in [`Response::Metadata`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMetadata {
+    /// Name.
+    pub name: String,
+    /// Partitions, each with its leader node id.
+    pub partitions: Vec<(u32, u32)>,
+}
+
+/// A node in [`Response::Metadata`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `node.id`.
+    pub id: u32,
+    /// `host:port` clients reach it at.
+    pub address: String,
+}
+
+/// A successful answer. The variant matches the request's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Produce appended.
+    Produce {
+        /// The partition written (the node's choice if the request left it open).
+        partition: u32,
+        /// Offset of the first record.
+        base_offset: u64,
+        /// The broker's time for `LogAppendTime` topics, else -1.
+        log_append_time: i64,
+        /// The partition's log start offset.
+        log_start_offset: u64,
+    },
+    /// Fetch result; the payload holds the batches (possibly none).
+    Fetch {
+        /// The partition's high watermark.
+        high_watermark: u64,
+        /// The partition's log start offset.
+        log_start_offset: u64,
+        /// Offset after the last batch in the payload (the next offset to ask for),
+        /// or the requested offset if the payload is empty.
+        next_offset: u64,
+    },
+    /// The offset found (`None` when no record is at or after a timestamp).
+    ListOffsets {
+        /// The offset.
+        offset: Option<u64>,
+        /// Its record's timestamp, for timestamp lookups; -1 otherwise.
+        timestamp: i64,
+    },
+    /// Cluster metadata.
+    Metadata {
+        /// Nodes.
+        nodes: Vec<NodeInfo>,
+        /// Topics.
+        topics: Vec<TopicMetadata>,
+    },
+    /// Topic created.
+    CreateTopic,
+    /// Topic deleted.
+    DeleteTopic,
+    /// Topic state.
+    DescribeTopic {
+        /// Name.
+        name: String,
+        /// Configs set on the topic (not defaults).
+        configs: Vec<(String, String)>,
+        /// Every config in force, defaults included.
+        effective_configs: Vec<(String, String)>,
+        /// Partitions.
+        partitions: Vec<PartitionInfo>,
+    },
+    /// Configs changed.
+    AlterConfigs,
+    /// Partitions added.
+    CreatePartitions,
+}
+
+/// Stable error codes. Numbers are Kafka's where Kafka has the error; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// -1: a bug or an unexpected failure on the node.
+    UnknownServerError,
+    /// 1: the offset is outside the partition's log.
+    OffsetOutOfRange,
+    /// 2: a batch failed its CRC or does not parse.
+    CorruptMessage,
+    /// 3: no such topic or partition.
+    UnknownTopicOrPartition,
+    /// 6: this node does not lead the partition.
+    NotLeaderOrFollower,
+    /// 7: the request took longer than allowed.
+    RequestTimedOut,
+    /// 10: a batch is over `max.message.bytes`.
+    MessageTooLarge,
+    /// 17: the topic name is not allowed.
+    InvalidTopic,
+    /// 19: fewer in-sync replicas than `min.insync.replicas`.
+    NotEnoughReplicas,
+    /// 35: the request's protocol version is not supported.
+    UnsupportedVersion,
+    /// 36: the topic exists.
+    TopicAlreadyExists,
+    /// 37: the partition count is not valid.
+    InvalidPartitions,
+    /// 38: the replication factor is not valid.
+    InvalidReplicationFactor,
+    /// 40: a topic config key or value is not valid.
+    InvalidConfig,
+    /// 42: the request is malformed or over a limit.
+    InvalidRequest,
+    /// 56: the disk failed or is full (retry later), or the partition is stopped.
+    KafkaStorageError,
+    /// 1000: the node is shutting down.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// The stable number.
+    pub fn code(self) -> i16 {
+        match self {
+            ErrorCode::UnknownServerError => -1,
+            ErrorCode::OffsetOutOfRange => 1,
+            ErrorCode::CorruptMessage => 2,
+            ErrorCode::UnknownTopicOrPartition => 3,
+            ErrorCode::NotLeaderOrFollower => 6,
+            ErrorCode::RequestTimedOut => 7,
+            ErrorCode::MessageTooLarge => 10,
+            ErrorCode::InvalidTopic => 17,
+            ErrorCode::NotEnoughReplicas => 19,
+            ErrorCode::UnsupportedVersion => 35,
+            ErrorCode::TopicAlreadyExists => 36,
+            ErrorCode::InvalidPartitions => 37,
+            ErrorCode::InvalidReplicationFactor => 38,
+            ErrorCode::InvalidConfig => 40,
+            ErrorCode::InvalidRequest => 42,
+            ErrorCode::KafkaStorageError => 56,
+            ErrorCode::ShuttingDown => 1000,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotLeaderOrFollower
+                | ErrorCode::RequestTimedOut
+                | ErrorCode::NotEnoughReplicas
+                | ErrorCode::KafkaStorageError
+                | ErrorCode::ShuttingDown
+        )
+    }
+}
+
+/// A typed error with a message for humans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What kind.
+    pub code: ErrorCode,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+/// The first frame of a response stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ResponseHeader {
+    /// Success.
+    Ok(Response),
+    /// Failure.
+    Error(ErrorBody),
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// Fewer bytes than the length prefix says.
+    #[error("frame truncated: needed {needed} bytes, had {available}")]
+    Truncated {
+        /// Needed.
+        needed: usize,
+        /// Had.
+        available: usize,
+    },
+    /// A length over its limit.
+    #[error("{what} of {len} bytes is over the limit of {limit}")]
+    TooLarge {
+        /// What.
+        what: &'static str,
+        /// Its length.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The header does not decode.
+    #[error("malformed header: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a frame's header part (length prefix + postcard); the payload follows.
+pub fn encode_header<T: Serialize>(header: &T) -> Result<Vec<u8>, FrameError> {
+    let body = postcard::to_allocvec(header).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if body.len() > HEADER_BYTES_MAX as usize {
+        return Err(FrameError::TooLarge {
+            what: "header",
+            len: body.len() as u64,
+            limit: HEADER_BYTES_MAX as u64,
+        });
+    }
+    let mut out = Vec::with_capacity(LENGTH_PREFIX_BYTES + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Reads the header length from the first 4 bytes and checks it against the limit.
+pub fn decode_header_len(prefix: [u8; LENGTH_PREFIX_BYTES]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix);
+    if len > HEADER_BYTES_MAX {
+        return Err(FrameError::TooLarge {
+            what: "header",
+            len: len as u64,
+            limit: HEADER_BYTES_MAX as u64,
+        });
+    }
+    Ok(len as usize)
+}
+
+/// Decodes a header body (without the prefix).
+pub fn decode_header<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
+    postcard::from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+/// Splits a complete frame (prefix + header + payload) into the header and payload.
+pub fn split_frame<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<(T, &'a [u8]), FrameError> {
+    if frame.len() < LENGTH_PREFIX_BYTES {
+        return Err(FrameError::Truncated {
+            needed: LENGTH_PREFIX_BYTES,
+            available: frame.len(),
+        });
+    }
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    prefix.copy_from_slice(&frame[..LENGTH_PREFIX_BYTES]);
+    let len = decode_header_len(prefix)?;
+    let end = LENGTH_PREFIX_BYTES + len;
+    if frame.len() < end {
+        return Err(FrameError::Truncated {
+            needed: end,
+            available: frame.len(),
+        });
+    }
+    Ok((
+        decode_header(&frame[LENGTH_PREFIX_BYTES..end])?,
+        &frame[end..],
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let req = RequestHeader {
+            version: PROTOCOL_VERSION,
+            request: Request::Fetch {
+                topic: "sensors".into(),
+                partition: 3,
+                offset: 42,
+                max_bytes: 1 << 20,
+                min_bytes: 1,
+                max_wait_ms: 500,
+            },
+        };
+        let mut frame = encode_header(&req).unwrap();
+        frame.extend_from_slice(b"payload");
+        let (back, payload): (RequestHeader, _) = split_frame(&frame).unwrap();
+        assert_eq!(back, req);
+        assert_eq!(payload, b"payload");
+        let resp = ResponseHeader::Error(ErrorBody {
+            code: ErrorCode::UnknownTopicOrPartition,
+            message: "no topic".into(),
+        });
+        let frame = encode_header(&resp).unwrap();
+        let (back, payload): (ResponseHeader, _) = split_frame(&frame).unwrap();
+        assert_eq!(back, resp);
+        assert!(payload.is_empty());
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        assert!(matches!(
+            decode_header_len((HEADER_BYTES_MAX + 1).to_be_bytes()),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            split_frame::<RequestHeader>(&[0, 0]),
+            Err(FrameError::Truncated { .. })
+        ));
+        assert!(matches!(
+            split_frame::<RequestHeader>(&[0, 0, 0, 9, 1]),
+            Err(FrameError::Truncated { .. })
+        ));
+        assert!(matches!(
+            split_frame::<RequestHeader>(&[0, 0, 0, 3, 0xff, 0xff, 0xff]),
+            Err(FrameError::Malformed(_))
+        ));
+        // Arbitrary bytes never panic.
+        for seed in 0u32..2000 {
+            let bytes: Vec<u8> = (0..(seed % 40))
+                .map(|i| (seed.wrapping_mul(2654435761).rotate_left(i)) as u8)
+                .collect();
+            let _ = split_frame::<RequestHeader>(&bytes);
+            let _ = split_frame::<ResponseHeader>(&bytes);
+        }
+    }
+
+    #[test]
+    fn error_codes_are_stable() {
+        assert_eq!(ErrorCode::UnknownTopicOrPartition.code(), 3);
+        assert_eq!(ErrorCode::MessageTooLarge.code(), 10);
+        assert_eq!(ErrorCode::KafkaStorageError.code(), 56);
+        assert!(ErrorCode::KafkaStorageError.is_retriable());
+        assert!(!ErrorCode::CorruptMessage.is_retriable());
+    }
+}
