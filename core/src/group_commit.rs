@@ -60,8 +60,14 @@ impl SharedLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
+        // The CRC check is most of an append's CPU: run it before taking the lock so
+        // concurrent appenders check in parallel.
+        let max = self.lock().log.config().max_message_bytes;
+        let checked = crate::log::validate_produce(batches, max)?;
         let mut g = self.lock();
-        let info = g.log.append(batches, leader_epoch, now_ms)?;
+        let info = g
+            .log
+            .append_validated(batches, checked, leader_epoch, now_ms)?;
         let target = info.last_offset + 1;
         self.wait_durable(g, target)?;
         Ok(info)

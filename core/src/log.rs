@@ -449,61 +449,47 @@ impl PartitionLog {
         }
     }
 
-    /// Appends one or more batches as the leader: checks each (size, CRC, offsets
-    /// inside the batch), assigns offsets from the log end, stamps `leader_epoch`, and
-    /// applies `message.timestamp.type`. `batches` is rewritten in place; the bytes
-    /// written are the bytes later served.
+    /// Appends one or more batches as the leader: checks them ([`validate_produce`]),
+    /// then [`PartitionLog::append_validated`].
     pub fn append(
         &mut self,
         batches: &mut [u8],
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
+        let checked = validate_produce(batches, self.config.max_message_bytes)?;
+        self.append_validated(batches, checked, leader_epoch, now_ms)
+    }
+
+    /// Appends batches that [`validate_produce`] accepted: assigns offsets from the
+    /// log end, stamps `leader_epoch`, applies `message.timestamp.type`. `batches`
+    /// is rewritten in place; the bytes written are the bytes later served.
+    ///
+    /// The check runs without the log, so a server can do it before taking the
+    /// partition's lock; `checked` must come from these same bytes.
+    pub fn append_validated(
+        &mut self,
+        batches: &mut [u8],
+        checked: Validated,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
         self.check_writable()?;
+        assert_eq!(checked.bytes, batches.len() as u64, "validated other bytes");
         let mut next = self.log_end_offset();
         let log_append = self.config.message_timestamp_type == TimestampType::LogAppendTime;
-        // Validate and stamp everything first, so a bad batch appends nothing.
         let mut pos = 0usize;
-        let mut count = 0u64;
         while pos < batches.len() {
-            let total = header::peek_total_len(&batches[pos..]).ok_or(BatchError::Truncated {
-                needed: header::LOG_OVERHEAD as u64,
-                available: (batches.len() - pos) as u64,
-            })?;
-            if total > self.config.max_message_bytes {
-                return Err(LogError::RecordTooLarge {
-                    size: total,
-                    max: self.config.max_message_bytes,
-                });
-            }
-            let end = pos
-                .checked_add(total as usize)
-                .filter(|&e| e <= batches.len())
-                .ok_or(BatchError::Truncated {
-                    needed: total,
-                    available: (batches.len() - pos) as u64,
-                })?;
+            let h = BatchHeader::parse(&batches[pos..])?;
+            let end = pos + h.total_len() as usize;
             let batch = &mut batches[pos..end];
-            let h = header::verify_crc(batch)?;
-            if h.record_count == 0 || h.last_offset_delta != h.record_count - 1 {
-                return Err(
-                    BatchError::Invalid("a produced batch must hold records 0..n-1").into(),
-                );
-            }
-            if h.attributes.is_control() {
-                return Err(BatchError::Invalid("producers may not send control batches").into());
-            }
             header::set_base_offset(batch, next);
             header::set_partition_leader_epoch(batch, leader_epoch);
             if log_append {
                 stamp_log_append_time(batch, &h, now_ms);
             }
             next += h.record_count as u64;
-            count += 1;
             pos = end;
-        }
-        if count == 0 {
-            return Err(BatchError::Invalid("no record batch in the request").into());
         }
         let mut info = self.append_checked(batches, now_ms)?;
         if log_append {
@@ -1083,6 +1069,64 @@ impl PartitionLog {
     pub(crate) fn check_writable_pub(&self) -> Result<(), LogError> {
         self.check_writable()
     }
+}
+
+/// Proof that a produce request's batches passed [`validate_produce`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validated {
+    /// Batches in the request.
+    pub batches: u64,
+    /// Records in the request.
+    pub records: u64,
+    /// Bytes checked.
+    pub bytes: u64,
+}
+
+/// Checks a produce request's batches without touching a log: each is whole, at
+/// most `max_message_bytes`, passes its CRC, and holds records 0..n-1 (n ≥ 1); no
+/// control batches. Needs no lock, so servers run it before queueing an append.
+pub fn validate_produce(batches: &[u8], max_message_bytes: u64) -> Result<Validated, LogError> {
+    let mut pos = 0usize;
+    let mut v = Validated {
+        batches: 0,
+        records: 0,
+        bytes: batches.len() as u64,
+    };
+    while pos < batches.len() {
+        let rest = (batches.len() - pos) as u64;
+        let total = header::peek_total_len(&batches[pos..]).ok_or(BatchError::Truncated {
+            needed: header::LOG_OVERHEAD as u64,
+            available: rest,
+        })?;
+        if total > max_message_bytes {
+            return Err(LogError::RecordTooLarge {
+                size: total,
+                max: max_message_bytes,
+            });
+        }
+        if total > rest {
+            return Err(BatchError::Truncated {
+                needed: total,
+                available: rest,
+            }
+            .into());
+        }
+        let end = pos + total as usize;
+        let h = header::verify_crc(&batches[pos..end])?;
+        if h.record_count == 0 || h.last_offset_delta != h.record_count - 1 {
+            return Err(BatchError::Invalid("a produced batch must hold records 0..n-1").into());
+        }
+        if h.attributes.is_control() {
+            return Err(BatchError::Invalid("producers may not send control batches").into());
+        }
+        v.batches += 1;
+        v.records += h.record_count as u64;
+        pos = end;
+    }
+    if v.batches == 0 {
+        return Err(BatchError::Invalid("no record batch in the request").into());
+    }
+    Ok(v)
 }
 
 /// Sets the LogAppendTime bit and timestamps and recomputes the CRC.

@@ -47,6 +47,15 @@ pub const NO_SEQUENCE: i32 = -1;
 pub const NO_PARTITION_LEADER_EPOCH: i32 = -1;
 
 /// CRC-32C (Castagnoli), as Kafka uses for v2 batches.
+///
+/// With `std`, slice-by-16 tables (16 KiB, about 5× faster than byte at a time:
+/// the CRC check is most of the cost of an append and of recovery); without
+/// `std` (microcontrollers), the 1 KiB byte-at-a-time table.
+#[cfg(feature = "std")]
+pub const CRC32C: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+/// CRC-32C (Castagnoli), as Kafka uses for v2 batches.
+#[cfg(not(feature = "std"))]
 pub const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// Whether timestamps were set by the producer or by the log on append.
