@@ -1,15 +1,43 @@
-//! Eddy's Rust client SDK.
+//! Eddy's Rust client SDK: a [`Producer`] and a [`Consumer`] speaking Eddy's native
+//! protocol ([`protocol`], `eddy/1` over QUIC) through a shared [`Client`].
 //!
-//! This crate will hold the producer (batching, linger, partitioning,
-//! compression, acks, retries, idempotence) and the consumer (assign and
-//! subscribe, poll, seek, commit), both speaking Eddy's native protocol over
-//! QUIC. The `eddy` CLI and the black-box tests will use it.
+//! ```no_run
+//! use eddy_client::{Client, ClientOptions, Producer, ProducerConfig, ProducerRecord};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::new(ClientOptions::new("127.0.0.1:7878"))?;
+//! let producer = Producer::new(client.clone(), ProducerConfig::default())?;
+//! let delivery = producer
+//!     .send(ProducerRecord::new("sensors", "t=21.5").with_key("gateway-1"))
+//!     .await?;
+//! let metadata = delivery.await?;
+//! println!("written at {}-{} offset {:?}", metadata.topic, metadata.partition, metadata.offset);
+//! producer.close().await;
+//! # Ok(())
+//! # }
+//! ```
 //!
-//! What is here today is the partitioner, so that keyed records land on the
-//! same partition as they would with Kafka's Java client: see
+//! Everything runs on smol: the client's QUIC endpoint and the producer's
+//! background task live on smol's global executor, so callers may drive the
+//! futures from any executor or from `smol::block_on`.
+//!
+//! Keyed records land on the partition Kafka's Java client would pick: see
 //! [`partition_for_key`].
 
+pub mod connection;
+pub mod consumer;
+pub mod producer;
 pub mod protocol;
+
+pub use connection::{
+    Client, ClientError, ClientOptions, ListedOffset, Metadata, TopicDescription,
+};
+pub use consumer::{AutoOffsetReset, ConsumeError, Consumer, ConsumerConfig, ConsumerRecord};
+pub use eddy_core::batch::{Compression, RecordHeader};
+pub use producer::{
+    DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord, ProducerRecordRef,
+    RecordMetadata,
+};
+pub use protocol::{Acks, OffsetSpec};
 
 /// Kafka's 32-bit murmur2 hash (`org.apache.kafka.common.utils.Utils.murmur2`).
 ///

@@ -1098,18 +1098,18 @@ pub fn validate_produce(batches: &[u8], max_message_bytes: u64) -> Result<Valida
             needed: header::LOG_OVERHEAD as u64,
             available: rest,
         })?;
-        if total > max_message_bytes {
-            return Err(LogError::RecordTooLarge {
-                size: total,
-                max: max_message_bytes,
-            });
-        }
         if total > rest {
             return Err(BatchError::Truncated {
                 needed: total,
                 available: rest,
             }
             .into());
+        }
+        if total > max_message_bytes {
+            return Err(LogError::RecordTooLarge {
+                size: total,
+                max: max_message_bytes,
+            });
         }
         let end = pos + total as usize;
         let h = header::verify_crc(&batches[pos..end])?;

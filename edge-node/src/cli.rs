@@ -1,5 +1,6 @@
-//! The `eddy` command line: `eddy serve [--config FILE] [flags]` and
-//! `eddy version`.
+//! The `eddy` command line: `eddy serve [--config FILE] [flags]`,
+//! `eddy version`, and the client subcommands `topic`, `produce`, `consume`,
+//! `bench` (in [`crate::commands`]).
 //!
 //! Every config key has a flag of the same name; a flag beats the file.
 
@@ -26,6 +27,14 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the version and exit.
     Version,
+    /// Create, list, describe, alter or delete topics.
+    Topic(crate::commands::topic::TopicArgs),
+    /// Write one record per line of standard input.
+    Produce(crate::commands::produce::ProduceArgs),
+    /// Print records of a topic.
+    Consume(crate::commands::consume::ConsumeArgs),
+    /// Measure throughput and latency: `bench produce|consume|e2e`.
+    Bench(crate::commands::bench::BenchArgs),
 }
 
 /// Arguments of `eddy serve`.
@@ -71,6 +80,30 @@ pub struct ConfigOverrides {
     /// Sets one entry of `[topic-defaults]` by its Kafka name; repeatable.
     #[arg(long = "topic-default", value_name = "NAME=VALUE", value_parser = parse_name_value)]
     pub topic_defaults: Vec<(String, String)>,
+    /// Overrides `node-id`.
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<u32>,
+    /// Overrides `auto-create-topics-enable`.
+    #[arg(long, value_name = "BOOL")]
+    pub auto_create_topics_enable: Option<bool>,
+    /// Overrides `max-connections`.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// Overrides `max-streams-per-connection`.
+    #[arg(long, value_name = "N")]
+    pub max_streams_per_connection: Option<u32>,
+    /// Overrides `max-request-bytes`.
+    #[arg(long, value_name = "BYTES")]
+    pub max_request_bytes: Option<u64>,
+    /// Overrides `worker-threads` (0 = one per core).
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<u32>,
+    /// Overrides `tls-cert`: PEM certificate chain of the server.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Overrides `tls-key`: PEM private key of the server.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ConfigOverrides {
@@ -94,6 +127,30 @@ impl ConfigOverrides {
         for (name, value) in &self.topic_defaults {
             config.topic_defaults.insert(name.clone(), value.clone());
         }
+        if let Some(id) = self.node_id {
+            config.node_id = id;
+        }
+        if let Some(enable) = self.auto_create_topics_enable {
+            config.auto_create_topics_enable = enable;
+        }
+        if let Some(n) = self.max_connections {
+            config.max_connections = n;
+        }
+        if let Some(n) = self.max_streams_per_connection {
+            config.max_streams_per_connection = n;
+        }
+        if let Some(bytes) = self.max_request_bytes {
+            config.max_request_bytes = bytes;
+        }
+        if let Some(n) = self.worker_threads {
+            config.worker_threads = n;
+        }
+        if let Some(path) = &self.tls_cert {
+            config.tls_cert = Some(path.clone());
+        }
+        if let Some(path) = &self.tls_key {
+            config.tls_key = Some(path.clone());
+        }
     }
 }
 
@@ -114,7 +171,7 @@ mod tests {
             .expect("arguments parse");
         match cli.command {
             Command::Serve(args) => args,
-            Command::Version => panic!("expected serve"),
+            _ => panic!("expected serve"),
         }
     }
 

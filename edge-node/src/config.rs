@@ -29,6 +29,16 @@ pub const LISTEN_DEFAULT: SocketAddr =
 pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 1000;
 /// Default for `log-retention-check-interval-ms` (Kafka's default too).
 pub const LOG_RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 300_000;
+/// Default for `max-connections`.
+pub const MAX_CONNECTIONS_DEFAULT: u32 = 1024;
+/// Default for `max-streams-per-connection`.
+pub const MAX_STREAMS_PER_CONNECTION_DEFAULT: u32 = 256;
+/// Default for `max-request-bytes`: 16 MiB.
+pub const MAX_REQUEST_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+/// Smallest `max-request-bytes`: a request must hold at least one small batch.
+pub const MAX_REQUEST_BYTES_MIN: u64 = 1024;
+/// Largest `max-request-bytes`: a batch length is an `i32`.
+pub const MAX_REQUEST_BYTES_MAX: u64 = i32::MAX as u64;
 
 /// When appended data is forced to disk, node-wide: the `fsync` key.
 ///
@@ -67,6 +77,28 @@ pub struct NodeConfig {
     /// them with the core's topic config parser.
     #[serde(deserialize_with = "deserialize_topic_configs")]
     pub topic_defaults: BTreeMap<String, String>,
+    /// This node's id (Kafka's `node.id`), reported as leader and replica.
+    pub node_id: u32,
+    /// Whether produce and fetch create an unknown topic with the topic
+    /// defaults (Kafka's `auto.create.topics.enable`).
+    pub auto_create_topics_enable: bool,
+    /// Most client connections at once; further ones are refused.
+    pub max_connections: u32,
+    /// Most requests (QUIC streams) open at once on one connection.
+    pub max_streams_per_connection: u32,
+    /// Largest request payload (the record batches of one produce), in bytes.
+    /// Must be at least the largest `max.message.bytes`.
+    pub max_request_bytes: u64,
+    /// Threads running the node's executor; 0 means one per core (at most
+    /// [`crate::runtime::WORKER_THREADS_MAX`]).
+    pub worker_threads: u32,
+    /// PEM certificate chain of the server. With `tls-key`; without both the
+    /// node makes its own CA and certificate under `<data-dir>/tls/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls-cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -78,6 +110,14 @@ impl Default for NodeConfig {
             fsync_interval_ms: FSYNC_INTERVAL_MS_DEFAULT,
             log_retention_check_interval_ms: LOG_RETENTION_CHECK_INTERVAL_MS_DEFAULT,
             topic_defaults: BTreeMap::new(),
+            node_id: 0,
+            auto_create_topics_enable: false,
+            max_connections: MAX_CONNECTIONS_DEFAULT,
+            max_streams_per_connection: MAX_STREAMS_PER_CONNECTION_DEFAULT,
+            max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
+            worker_threads: 0,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -157,8 +197,10 @@ impl NodeConfig {
         }
     }
 
-    /// Checks what a parser cannot: intervals are at least 1 ms, and
-    /// `[topic-defaults]` holds known Kafka names with valid values.
+    /// Checks what a parser cannot: intervals and limits are at least 1,
+    /// `[topic-defaults]` holds known Kafka names with valid values,
+    /// `max-request-bytes` fits the default `max.message.bytes`, and
+    /// `tls-cert` and `tls-key` come together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("fsync-interval-ms", self.fsync_interval_ms),
@@ -175,8 +217,76 @@ impl NodeConfig {
                 });
             }
         }
-        self.topic_log_config()?;
+        let counts = [
+            ("max-connections", self.max_connections),
+            (
+                "max-streams-per-connection",
+                self.max_streams_per_connection,
+            ),
+        ];
+        for (key, value) in counts {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".to_owned(),
+                });
+            }
+        }
+        if !(MAX_REQUEST_BYTES_MIN..=MAX_REQUEST_BYTES_MAX).contains(&self.max_request_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "max-request-bytes",
+                reason: format!(
+                    "is {}; it must be between {MAX_REQUEST_BYTES_MIN} and {MAX_REQUEST_BYTES_MAX}",
+                    self.max_request_bytes
+                ),
+            });
+        }
+        let topic = self.topic_log_config()?;
+        if topic.max_message_bytes > self.max_request_bytes {
+            return Err(ConfigError::Invalid {
+                key: "max-request-bytes",
+                reason: format!(
+                    "is {} but the topic default max.message.bytes is {}: raise \
+                     max-request-bytes or lower max.message.bytes",
+                    self.max_request_bytes, topic.max_message_bytes
+                ),
+            });
+        }
+        if self.worker_threads as usize > crate::runtime::WORKER_THREADS_MAX {
+            return Err(ConfigError::Invalid {
+                key: "worker-threads",
+                reason: format!(
+                    "is {}; use 0 (one per core) or at most {}",
+                    self.worker_threads,
+                    crate::runtime::WORKER_THREADS_MAX
+                ),
+            });
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls-key",
+                    reason: "is missing: tls-cert needs its private key in tls-key".to_owned(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls-cert",
+                    reason: "is missing: tls-key needs its certificate chain in tls-cert"
+                        .to_owned(),
+                });
+            }
+            _ => {}
+        }
         Ok(())
+    }
+
+    /// Worker threads to start: `worker-threads`, or one per core when 0.
+    pub fn worker_thread_count(&self) -> usize {
+        match self.worker_threads {
+            0 => crate::runtime::default_worker_threads(),
+            n => n as usize,
+        }
     }
 
     /// The core's fsync policy for `fsync` and `fsync-interval-ms`.
@@ -413,5 +523,87 @@ mod tests {
             ),
             "{error:?}"
         );
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let config = NodeConfig {
+            tls_cert: Some(PathBuf::from("/etc/eddy/server.pem")),
+            ..NodeConfig::default()
+        };
+        let error = config.validate().expect_err("cert without key");
+        assert!(
+            matches!(error, ConfigError::Invalid { key: "tls-key", .. }),
+            "{error:?}"
+        );
+        let config = NodeConfig {
+            tls_key: Some(PathBuf::from("/etc/eddy/server.key")),
+            ..NodeConfig::default()
+        };
+        let error = config.validate().expect_err("key without cert");
+        assert!(
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    key: "tls-cert",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let both = NodeConfig {
+            tls_cert: Some(PathBuf::from("/etc/eddy/server.pem")),
+            tls_key: Some(PathBuf::from("/etc/eddy/server.key")),
+            ..NodeConfig::default()
+        };
+        both.validate().expect("both given");
+        let text = both.to_toml().expect("serializes");
+        let back = NodeConfig::from_toml(&text, ConfigOrigin::BuiltIn).expect("parses back");
+        assert_eq!(back, both);
+    }
+
+    #[test]
+    fn max_request_bytes_must_hold_the_largest_message() {
+        let mut config = NodeConfig {
+            max_request_bytes: 1024 * 1024,
+            ..NodeConfig::default()
+        };
+        let error = config
+            .validate()
+            .expect_err("default max.message.bytes is larger");
+        assert!(
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    key: "max-request-bytes",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("max.message.bytes"), "{error}");
+        config
+            .topic_defaults
+            .insert("max.message.bytes".to_owned(), "65536".to_owned());
+        config.validate().expect("fits now");
+        config.max_request_bytes = 0;
+        assert!(config.validate().is_err(), "0 bytes is too small");
+    }
+
+    #[test]
+    fn connection_limits_are_at_least_one() {
+        for config in [
+            NodeConfig {
+                max_connections: 0,
+                ..NodeConfig::default()
+            },
+            NodeConfig {
+                max_streams_per_connection: 0,
+                ..NodeConfig::default()
+            },
+        ] {
+            let error = config.validate().expect_err("0 is invalid");
+            assert!(error.to_string().contains("max-"), "{error}");
+        }
     }
 }

@@ -1,10 +1,12 @@
-//! The Eddy broker node: configuration, the `eddy` command line and the
-//! serve loop.
-//!
-//! For now a node loads and checks its config, creates its data directory
-//! and waits for SIGINT/SIGTERM. The storage core, the QUIC listener and the
-//! plugin host are wired in by later work.
+//! The Eddy broker node: configuration, the `eddy` command line, the storage
+//! service ([`broker`]), the QUIC server ([`server`], [`tls`]) and the serve
+//! loop ([`serve`]).
 
+pub mod broker;
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod runtime;
 pub mod serve;
+pub mod server;
+pub mod tls;

@@ -17,6 +17,10 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Serve(args) => serve(&args),
+        Command::Topic(args) => eddy_node::commands::topic::run(&args),
+        Command::Produce(args) => eddy_node::commands::produce::run(&args),
+        Command::Consume(args) => eddy_node::commands::consume::run(&args),
+        Command::Bench(args) => eddy_node::commands::bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,10 @@ use std::sync::mpsc;
 use log::info;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
+use crate::broker::{Broker, BrokerError, OpenError};
 use crate::config::NodeConfig;
+use crate::runtime::Runtime;
+use crate::server::{Server, ServerError};
 
 /// Why a node stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,25 +124,54 @@ pub enum ServeError {
         /// What the operating system said.
         error: io::Error,
     },
+    /// The executor's worker threads could not be started.
+    #[error("cannot start worker threads: {0}")]
+    Runtime(io::Error),
+    /// The storage could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The QUIC listener could not start.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// A log could not be closed cleanly; the next start recovers it.
+    #[error("shutdown was not clean: {0}")]
+    Close(BrokerError),
 }
 
-/// Runs a node with `config` until `shutdown` fires, then returns.
+/// Runs a node with `config` until `shutdown` fires, then stops it
+/// gracefully and returns.
 ///
-/// Creates the data directory first. The storage core and the QUIC listener
-/// are not wired in yet.
+/// Creates the data directory, opens the storage ([`Broker::open`]: topic
+/// metadata, partition logs, recovery), starts the QUIC listener and logs
+/// `listening on <addr>`. On shutdown: refuses new connections, lets requests
+/// in flight finish, then closes every log so the next start needs no
+/// recovery scan.
 pub fn run(config: &NodeConfig, shutdown: Shutdown) -> Result<(), ServeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|error| ServeError::DataDir {
         path: config.data_dir.clone(),
         error,
     })?;
     info!("data directory {}", config.data_dir.display());
-    info!(
-        "no listener on {}: the QUIC listener arrives in a later release",
-        config.listen
-    );
+    let rt = Runtime::start(config.worker_thread_count()).map_err(ServeError::Runtime)?;
+    let broker = Broker::open(config, rt.handle())?;
+    let server = match Server::start(config, broker.clone(), rt.handle()) {
+        Ok(server) => server,
+        Err(e) => {
+            if let Err(close) = rt.block_on(broker.shutdown()) {
+                log::warn!("{close}");
+            }
+            return Err(e.into());
+        }
+    };
+    info!("listening on {}", server.local_addr());
 
     let reason = shutdown.wait();
     info!("{reason}, stopping");
+    rt.block_on(server.shutdown());
+    let closed = rt.block_on(broker.shutdown());
+    drop(rt);
+    closed.map_err(ServeError::Close)?;
+    info!("stopped cleanly");
     Ok(())
 }
 
@@ -152,12 +184,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = NodeConfig {
             data_dir: dir.path().join("a/b/data"),
+            listen: "127.0.0.1:0".parse().expect("address"),
             ..NodeConfig::default()
         };
         let (trigger, shutdown) = Shutdown::manual();
         trigger.trigger();
         run(&config, shutdown).expect("run stops cleanly");
         assert!(config.data_dir.is_dir());
+        let tls = config.data_dir.join(crate::tls::TLS_DIR);
+        assert!(tls.join(crate::tls::CA_CERT_FILE).is_file(), "CA created");
+        assert!(
+            config.data_dir.join("__eddy_metadata-0").is_dir(),
+            "metadata log created"
+        );
     }
 
     #[test]
@@ -165,6 +204,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = NodeConfig {
             data_dir: dir.path().join("data"),
+            listen: "127.0.0.1:0".parse().expect("address"),
             ..NodeConfig::default()
         };
         let (trigger, shutdown) = Shutdown::manual();

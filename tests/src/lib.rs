@@ -192,3 +192,90 @@ fn read_lossy(path: &Path) -> String {
         Err(e) => format!("<cannot read {}: {e}>", path.display()),
     }
 }
+
+/// A node started for a test: the process, its data directory and its address.
+#[derive(Debug)]
+pub struct Node {
+    /// The running process.
+    pub process: EddyProcess,
+    /// Its `--data-dir`.
+    pub data_dir: PathBuf,
+    /// The UDP address it listens on.
+    pub addr: std::net::SocketAddr,
+}
+
+/// How long a node may take to start listening.
+pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Node {
+    /// Starts `eddy serve` on a free loopback port with `data_dir` and `extra` flags,
+    /// and waits (bounded) for its `listening on ADDR` log line.
+    ///
+    /// # Panics
+    ///
+    /// If it does not start listening in time (its log is in the message).
+    pub fn start(data_dir: &Path, output_dir: &Path, extra: &[&str]) -> Node {
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let process = EddyProcess::start(&args, output_dir).expect("start eddy");
+        let mut addr = None;
+        let started = wait_until(NODE_START_TIMEOUT, || {
+            addr = listening_addr(&process.stderr());
+            addr.is_some()
+        });
+        let addr = match (started, addr) {
+            (true, Some(addr)) => addr,
+            _ => panic!("eddy did not start listening:\n{}", process.stderr()),
+        };
+        Node {
+            process,
+            data_dir: data_dir.to_path_buf(),
+            addr,
+        }
+    }
+
+    /// A client for this node, trusting its CA.
+    pub fn client(&self) -> eddy_client::Client {
+        eddy_client::Client::new(self.client_options()).expect("client")
+    }
+
+    /// Client options for this node, trusting its CA.
+    pub fn client_options(&self) -> eddy_client::ClientOptions {
+        eddy_client::ClientOptions::new(self.addr.to_string())
+            .with_ca_file(self.data_dir.join("tls").join("ca.pem"))
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        self.process.signal(libc::SIGTERM).expect("SIGTERM");
+        let status = self
+            .process
+            .wait_timeout(Duration::from_secs(30))
+            .expect("wait")
+            .unwrap_or_else(|| panic!("eddy did not stop on SIGTERM:\n{}", self.process.stderr()));
+        let log = self.process.stderr();
+        (status, log)
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(mut self) -> String {
+        self.process.signal(libc::SIGKILL).expect("SIGKILL");
+        let _ = self.process.wait_timeout(Duration::from_secs(30));
+        self.process.stderr()
+    }
+}
+
+/// The address in the last `listening on ADDR` line of a node's log.
+pub fn listening_addr(log: &str) -> Option<std::net::SocketAddr> {
+    log.lines()
+        .rev()
+        .find_map(|l| l.split("listening on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+}

@@ -1,0 +1,832 @@
+//! The storage service: topics, partitions and their logs, on smol, without
+//! networking.
+//!
+//! [`Broker::open`] replays the topic metadata (kept in the internal compacted
+//! log `__eddy_metadata-0`, see [`metadata`]), opens every partition log under
+//! `data-dir` (recovering it after a crash), starts one writer task per
+//! partition ([`partition`]) and a maintenance task (retention, compaction,
+//! removal of deleted files; [`maintenance`]).
+//!
+//! Produce goes to the partition's writer (group commit); fetch reads whole
+//! batches up to the high watermark, long-polling on an [`event_listener::Event`]
+//! the writer notifies. Admin operations ([`admin`]) are serialized and persist
+//! the topic's new state before they change anything else.
+//!
+//! Every error is a [`BrokerError`]: the wire error code and a message that
+//! says what to do next.
+
+pub mod admin;
+pub mod maintenance;
+pub mod metadata;
+pub mod partition;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use eddy_client::protocol::{Acks, ErrorBody, ErrorCode, NodeInfo, OffsetSpec, TopicMetadata};
+use eddy_core::batch::header::{self, BatchHeader};
+use eddy_core::batch::{Batch, Compression, RecordIter};
+use eddy_core::compaction::DECOMPRESSED_BATCH_BYTES_MAX;
+use eddy_core::config::LogConfig;
+use eddy_core::layout;
+use eddy_core::log::{LogError, PartitionLog, validate_produce};
+use eddy_core::storage::{FsStorage, Storage};
+use event_listener::Event;
+use futures_lite::FutureExt as _;
+use log::{info, warn};
+use smol::Task;
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::runtime::RuntimeHandle;
+use metadata::{INTERNAL_PREFIX, MetadataError, MetadataStore, TopicState};
+use partition::{Appended, Partition};
+
+/// Longest a fetch may wait for `min_bytes` (longer requests are shortened).
+pub const FETCH_MAX_WAIT_MS_MAX: u32 = 60_000;
+/// Most bytes one fetch returns (a single larger batch is still sent whole).
+pub const FETCH_RESPONSE_BYTES_MAX: u32 = 64 * 1024 * 1024;
+/// Reads larger than this run on a blocking thread, so a slow disk cannot
+/// stall the executor.
+pub const FETCH_INLINE_READ_BYTES_MAX: u64 = 256 * 1024;
+/// Most partitions a topic may have.
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 1_000;
+/// Partitions of a topic created automatically (Kafka's `num.partitions`).
+pub const AUTO_CREATE_PARTITIONS: u32 = 1;
+/// Suffix of a partition directory being deleted.
+pub const DELETE_DIR_SUFFIX: &str = "-delete";
+
+/// The wall clock in milliseconds since the Unix epoch (0 if the clock is
+/// before 1970).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64)
+}
+
+/// A failed broker operation: the wire error code and a message for humans
+/// that says what to do next. [`BrokerError::is_retriable`] tells whether the
+/// same request may succeed later.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BrokerError {
+    /// The wire error code.
+    pub code: ErrorCode,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+impl BrokerError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> BrokerError {
+        BrokerError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Whether sending the same request again later may succeed.
+    pub fn is_retriable(&self) -> bool {
+        self.code.is_retriable()
+    }
+
+    /// The error as the wire carries it.
+    pub fn into_body(self) -> ErrorBody {
+        ErrorBody {
+            code: self.code,
+            message: self.message,
+        }
+    }
+}
+
+/// Why [`Broker::open`] failed. None of these goes away by retrying alone:
+/// the disk, the data directory or the config needs fixing first.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The node config is not valid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be created or listed.
+    #[error("data directory {}: {error}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What the operating system said.
+        error: std::io::Error,
+    },
+    /// The topic metadata log could not be read.
+    #[error("{0}; check the disk, or move the {topic}-0 directory aside to start without topics", topic = metadata::METADATA_TOPIC)]
+    Metadata(#[from] MetadataError),
+    /// A stored topic config is no longer valid with this node's defaults.
+    #[error("topic {topic}: stored config is invalid: {error}")]
+    TopicConfig {
+        /// The topic.
+        topic: String,
+        /// What is wrong.
+        error: eddy_core::config::ConfigError,
+    },
+    /// A partition log could not be opened or recovered.
+    #[error("cannot open partition {topic}-{partition}: {error}")]
+    Partition {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// What went wrong.
+        error: LogError,
+    },
+}
+
+/// A topic as the broker holds it. Replaced as a whole on every change
+/// (copy on write); the partitions are shared between versions.
+#[derive(Debug)]
+pub(crate) struct Topic {
+    pub(crate) state: TopicState,
+    pub(crate) log_config: LogConfig,
+    pub(crate) partitions: Vec<Arc<Partition>>,
+}
+
+/// What a fetch returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchResult {
+    /// The partition's high watermark.
+    pub high_watermark: u64,
+    /// The partition's log start offset.
+    pub log_start_offset: u64,
+    /// The offset to ask for next.
+    pub next_offset: u64,
+    /// Whole record batches, as stored.
+    pub batches: Vec<u8>,
+}
+
+/// What a produce returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceResult {
+    /// The partition written.
+    pub partition: u32,
+    /// Offset of the first record, log append time, log start offset.
+    pub appended: Appended,
+}
+
+/// The storage service of one node.
+pub struct Broker {
+    node_id: u32,
+    data_dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    rt: RuntimeHandle,
+    topic_defaults: LogConfig,
+    max_request_bytes: u64,
+    auto_create: bool,
+    retention_check_interval_ms: u64,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    metadata: Mutex<Option<MetadataStore>>,
+    /// Serializes admin operations (they run partly on blocking threads).
+    admin: smol::lock::Mutex<()>,
+    shutting_down: AtomicBool,
+    shutdown_event: Event,
+    round_robin: AtomicU32,
+    delete_seq: AtomicU64,
+    advertised: RwLock<String>,
+    maintenance: Mutex<Option<Task<()>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("node_id", &self.node_id)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Broker {
+    /// Opens the node's storage: finishes interrupted topic deletions, replays
+    /// the topic metadata, opens and recovers every partition log, and starts
+    /// the writer and maintenance tasks on `rt`. Blocks on disk I/O.
+    pub fn open(config: &NodeConfig, rt: RuntimeHandle) -> Result<Arc<Broker>, OpenError> {
+        let topic_defaults = config.topic_log_config()?;
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|error| OpenError::DataDir {
+            path: data_dir.clone(),
+            error,
+        })?;
+        finish_deletes(&data_dir)?;
+        let storage: Arc<dyn Storage> = Arc::new(FsStorage);
+        let now = now_ms();
+        let (store, states) = MetadataStore::open(storage.clone(), &data_dir, now)?;
+        let mut topics = BTreeMap::new();
+        for (name, state) in states {
+            let log_config = topic_defaults
+                .with_props(&state.config_map())
+                .map_err(|error| OpenError::TopicConfig {
+                    topic: name.clone(),
+                    error,
+                })?;
+            let mut partitions = Vec::with_capacity(state.partitions as usize);
+            for index in 0..state.partitions {
+                let dir = data_dir.join(layout::partition_dir_name(&name, index));
+                let log = PartitionLog::open(storage.clone(), &dir, log_config.clone(), now)
+                    .map_err(|error| OpenError::Partition {
+                        topic: name.clone(),
+                        partition: index,
+                        error,
+                    })?;
+                let report = log.open_report();
+                if report.recovered_batches > 0 || report.truncated_bytes > 0 {
+                    info!(
+                        "{name}-{index}: recovered {} batch(es) in {} segment(s), cut {} byte(s)",
+                        report.recovered_batches, report.recovered_segments, report.truncated_bytes
+                    );
+                }
+                partitions.push(Partition::start(&name, index, log, &rt));
+            }
+            topics.insert(
+                name,
+                Arc::new(Topic {
+                    state,
+                    log_config,
+                    partitions,
+                }),
+            );
+        }
+        warn_about_orphans(&data_dir, &topics);
+        info!("opened {} topic(s) in {}", topics.len(), data_dir.display());
+        let broker = Arc::new(Broker {
+            node_id: config.node_id,
+            data_dir,
+            storage,
+            rt: rt.clone(),
+            topic_defaults,
+            max_request_bytes: config.max_request_bytes,
+            auto_create: config.auto_create_topics_enable,
+            retention_check_interval_ms: config.log_retention_check_interval_ms,
+            topics: RwLock::new(topics),
+            metadata: Mutex::new(Some(store)),
+            admin: smol::lock::Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
+            shutdown_event: Event::new(),
+            round_robin: AtomicU32::new(0),
+            delete_seq: AtomicU64::new(0),
+            advertised: RwLock::new(config.listen.to_string()),
+            maintenance: Mutex::new(None),
+        });
+        let task = rt.spawn(maintenance::run(Arc::downgrade(&broker)));
+        *lock(&broker.maintenance) = Some(task);
+        Ok(broker)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u32 {
+        self.node_id
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Sets the `host:port` that metadata reports for this node (the bound
+    /// listener address).
+    pub fn set_advertised_address(&self, address: String) {
+        *self.advertised.write().unwrap_or_else(|p| p.into_inner()) = address;
+    }
+
+    /// The largest produce payload accepted (`max-request-bytes`).
+    pub fn max_request_bytes(&self) -> u64 {
+        self.max_request_bytes
+    }
+
+    /// Whether [`Broker::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    fn check_running(&self) -> Result<(), BrokerError> {
+        if self.is_shutting_down() {
+            return Err(shutting_down());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub(crate) fn all_partitions(&self) -> Vec<Arc<Partition>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flat_map(|t| t.partitions.iter().cloned())
+            .collect()
+    }
+
+    /// The topic, created with the defaults if unknown and
+    /// `auto-create-topics-enable` is set.
+    async fn topic_or_create(self: &Arc<Self>, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        if let Some(topic) = self.topic(name) {
+            return Ok(topic);
+        }
+        if !self.auto_create || name.starts_with(INTERNAL_PREFIX) {
+            return Err(unknown_topic(name));
+        }
+        match self
+            .create_topic(name, AUTO_CREATE_PARTITIONS, 1, Vec::new())
+            .await
+        {
+            Ok(()) => info!("auto-created topic {name}"),
+            Err(e) if e.code == ErrorCode::TopicAlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        self.topic(name).ok_or_else(|| unknown_topic(name))
+    }
+
+    async fn partition(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Arc<Partition>, BrokerError> {
+        let t = self.topic_or_create(topic).await?;
+        t.partitions
+            .get(partition as usize)
+            .cloned()
+            .ok_or_else(|| unknown_partition(topic, partition, t.partitions.len()))
+    }
+
+    /// Appends `batches` (one or more record batches) to `topic`.
+    ///
+    /// With `partition = None` the node picks it: Kafka's murmur2 of the first
+    /// record's key modulo the partition count, or round-robin for a null key.
+    /// With `acks = All`, `timeout_ms` (if not 0) bounds the wait.
+    pub async fn produce(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: Option<u32>,
+        acks: Acks,
+        timeout_ms: u32,
+        batches: Vec<u8>,
+    ) -> Result<ProduceResult, BrokerError> {
+        self.check_running()?;
+        if batches.len() as u64 > self.max_request_bytes {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "produce payload of {} bytes is over max-request-bytes ({}); send smaller requests",
+                    batches.len(),
+                    self.max_request_bytes
+                ),
+            ));
+        }
+        let t = self.topic_or_create(topic).await?;
+        let count = t.partitions.len() as u32;
+        let index = match partition {
+            Some(p) => p,
+            None => self.choose_partition(topic, &batches, count)?,
+        };
+        let p = t
+            .partitions
+            .get(index as usize)
+            .cloned()
+            .ok_or_else(|| unknown_partition(topic, index, t.partitions.len()))?;
+        let max_message_bytes = t.log_config.max_message_bytes;
+        drop(t);
+        check_codecs(topic, index, &batches)?;
+        // The CRC pass runs here, on the request's task, so appends to one
+        // partition hold its lock only to write.
+        let checked = validate_produce(&batches, max_message_bytes)
+            .map_err(|e| partition::append_error(topic, index, e))?;
+        let append = p.append(batches, checked);
+        let result = if acks == Acks::All && timeout_ms > 0 {
+            let timeout = async {
+                smol::Timer::after(Duration::from_millis(u64::from(timeout_ms))).await;
+                Err(BrokerError::new(
+                    ErrorCode::RequestTimedOut,
+                    format!(
+                        "{topic}-{index}: not appended within timeout_ms={timeout_ms}; \
+                         the append may still complete, retry with idempotence in mind"
+                    ),
+                ))
+            };
+            append.or(timeout).await
+        } else {
+            append.await
+        };
+        match result {
+            Ok(appended) => Ok(ProduceResult {
+                partition: index,
+                appended,
+            }),
+            Err(_) if self.is_shutting_down() => Err(shutting_down()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn choose_partition(
+        &self,
+        topic: &str,
+        batches: &[u8],
+        partitions: u32,
+    ) -> Result<u32, BrokerError> {
+        if partitions == 0 {
+            return Err(unknown_topic(topic));
+        }
+        let corrupt = |e: eddy_core::batch::BatchError| {
+            BrokerError::new(
+                ErrorCode::CorruptMessage,
+                format!("{topic}: first record batch is not valid: {e}; nothing was appended"),
+            )
+        };
+        let (batch, _) = Batch::parse(batches).map_err(corrupt)?;
+        let section = batch
+            .decompressed(DECOMPRESSED_BATCH_BYTES_MAX)
+            .map_err(corrupt)?;
+        let key = match RecordIter::new(&section, &batch.header).next() {
+            Some(Ok(record)) => record
+                .key
+                .map(|k| eddy_client::partition_for_key(k, partitions)),
+            Some(Err(e)) => return Err(corrupt(e)),
+            None => None,
+        };
+        Ok(key.unwrap_or_else(|| self.round_robin.fetch_add(1, Ordering::Relaxed) % partitions))
+    }
+
+    /// Reads whole batches from `offset`, up to the high watermark and about
+    /// `max_bytes` (at least one batch if any), waiting up to `max_wait_ms`
+    /// until `min_bytes` are available.
+    pub async fn fetch(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        min_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<FetchResult, BrokerError> {
+        self.check_running()?;
+        let p = self.partition(topic, partition).await?;
+        let max_bytes = u64::from(max_bytes.clamp(1, FETCH_RESPONSE_BYTES_MAX));
+        let min_bytes = u64::from(min_bytes).min(max_bytes);
+        let wait = Duration::from_millis(u64::from(max_wait_ms.min(FETCH_MAX_WAIT_MS_MAX)));
+        let deadline = Instant::now() + wait;
+        let read = |p: &Partition| {
+            p.with_log(|log| {
+                let hw = log.high_watermark();
+                let slice = log
+                    .read(offset, max_bytes, hw)
+                    .map_err(|e| read_error(topic, partition, e))?;
+                Ok((slice, hw, log.log_start_offset()))
+            })
+        };
+        let mut found = read(&p)?;
+        let available = |found: &(Option<eddy_core::log::FileSlice>, u64, u64)| {
+            found.0.as_ref().map_or(0, |s| s.len)
+        };
+        while available(&found) < min_bytes && Instant::now() < deadline && !self.is_shutting_down()
+        {
+            // Listen first, then look again, so a notify in between is not lost.
+            let listener = p.hw_event().listen();
+            found = read(&p)?;
+            if available(&found) >= min_bytes || self.is_shutting_down() {
+                break;
+            }
+            let woke = async {
+                listener.await;
+                true
+            }
+            .or(async {
+                smol::Timer::at(deadline).await;
+                false
+            })
+            .await;
+            found = read(&p)?;
+            if !woke {
+                break;
+            }
+        }
+        let (slice, high_watermark, log_start_offset) = found;
+        let Some(slice) = slice else {
+            return Ok(FetchResult {
+                high_watermark,
+                log_start_offset,
+                next_offset: offset,
+                batches: Vec::new(),
+            });
+        };
+        let next_offset = slice.next_offset;
+        let bytes = if slice.len <= FETCH_INLINE_READ_BYTES_MAX {
+            slice.read_to_vec()
+        } else {
+            smol::unblock(move || slice.read_to_vec()).await
+        }
+        .map_err(|source| {
+            read_error(
+                topic,
+                partition,
+                LogError::Io {
+                    op: "read the log",
+                    source,
+                },
+            )
+        })?;
+        Ok(FetchResult {
+            high_watermark,
+            log_start_offset,
+            next_offset,
+            batches: bytes,
+        })
+    }
+
+    /// Looks up an offset: the log start, the high watermark, or the first
+    /// record at or after a timestamp (below the high watermark). Kafka's
+    /// special timestamps -1 (latest) and -2 (earliest) work too.
+    pub async fn list_offsets(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<(Option<u64>, i64), BrokerError> {
+        self.check_running()?;
+        let p = self.partition(topic, partition).await?;
+        let spec = match spec {
+            OffsetSpec::Timestamp(-1) => OffsetSpec::Latest,
+            OffsetSpec::Timestamp(-2) => OffsetSpec::Earliest,
+            OffsetSpec::Timestamp(ts) if ts < 0 => {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "timestamp {ts} is negative; use a time in ms since 1970, or -1 (latest) / -2 (earliest)"
+                    ),
+                ));
+            }
+            other => other,
+        };
+        p.with_log(|log| match spec {
+            OffsetSpec::Earliest => Ok((Some(log.log_start_offset()), -1)),
+            OffsetSpec::Latest => Ok((Some(log.high_watermark()), -1)),
+            OffsetSpec::Timestamp(ts) => {
+                let found = log
+                    .offset_for_timestamp(ts)
+                    .map_err(|e| read_error(topic, partition, e))?;
+                Ok(match found {
+                    Some((offset, at)) if offset < log.high_watermark() => (Some(offset), at),
+                    _ => (None, -1),
+                })
+            }
+        })
+    }
+
+    /// The nodes and the topics (all, or the ones named; unknown names are an
+    /// error unless auto-creation is on). Internal topics are not listed.
+    pub async fn metadata(
+        self: &Arc<Self>,
+        topics: Option<Vec<String>>,
+    ) -> Result<(Vec<NodeInfo>, Vec<TopicMetadata>), BrokerError> {
+        self.check_running()?;
+        let nodes = vec![NodeInfo {
+            id: self.node_id,
+            address: self
+                .advertised
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }];
+        let selected: Vec<Arc<Topic>> = match topics {
+            None => self
+                .topics
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect(),
+            Some(names) => {
+                let mut out = Vec::with_capacity(names.len());
+                for name in names {
+                    out.push(self.topic_or_create(&name).await?);
+                }
+                out
+            }
+        };
+        let topics = selected
+            .iter()
+            .map(|t| TopicMetadata {
+                name: t.state.name.clone(),
+                partitions: (0..t.partitions.len() as u32)
+                    .map(|p| (p, self.node_id))
+                    .collect(),
+            })
+            .collect();
+        Ok((nodes, topics))
+    }
+
+    /// Stops taking requests: new requests fail with `ShuttingDown`, and
+    /// waiting fetches return what they have.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.shutdown_event.notify(usize::MAX);
+        for p in self.all_partitions() {
+            p.hw_event().notify(usize::MAX);
+        }
+    }
+
+    /// Shuts down gracefully: stops taking requests, lets every queued append
+    /// finish and be answered, then closes every log (flush and checkpoints,
+    /// so the next start needs no recovery scan). Returns the first error.
+    pub async fn shutdown(&self) -> Result<(), BrokerError> {
+        self.begin_shutdown();
+        let maintenance = lock(&self.maintenance).take();
+        if let Some(task) = maintenance {
+            task.await;
+        }
+        let _admin = self.admin.lock().await;
+        let topics = std::mem::take(&mut *self.topics.write().unwrap_or_else(|p| p.into_inner()));
+        let mut first_error = None;
+        for (name, topic) in topics {
+            for p in &topic.partitions {
+                if let Err(e) = p.close().await {
+                    warn!("{name}-{}: close failed: {e}", p.index());
+                    first_error.get_or_insert(BrokerError::new(
+                        ErrorCode::KafkaStorageError,
+                        format!("{name}-{}: close failed: {e}", p.index()),
+                    ));
+                }
+            }
+        }
+        let store = lock(&self.metadata).take();
+        if let Some(store) = store {
+            let now = now_ms();
+            if let Err(e) = smol::unblock(move || store.close(now)).await {
+                warn!("closing the topic metadata log failed: {e}");
+                first_error.get_or_insert(BrokerError::new(
+                    ErrorCode::KafkaStorageError,
+                    format!("closing the topic metadata log failed: {e}"),
+                ));
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// The partition's writer fsyncs so far (for tests and metrics).
+    pub fn partition_syncs(&self, topic: &str, partition: u32) -> Option<u64> {
+        let t = self.topic(topic)?;
+        t.partitions.get(partition as usize).map(|p| p.syncs())
+    }
+}
+
+fn shutting_down() -> BrokerError {
+    BrokerError::new(
+        ErrorCode::ShuttingDown,
+        "the node is shutting down; retry once it is back",
+    )
+}
+
+/// The error for an unknown topic, with the way to create it.
+pub fn unknown_topic(name: &str) -> BrokerError {
+    BrokerError::new(
+        ErrorCode::UnknownTopicOrPartition,
+        format!(
+            "topic {name:?} does not exist; create it with `eddy topic create {name}` \
+             (or start the node with auto-create-topics-enable = true)"
+        ),
+    )
+}
+
+fn unknown_partition(topic: &str, partition: u32, count: usize) -> BrokerError {
+    BrokerError::new(
+        ErrorCode::UnknownTopicOrPartition,
+        format!(
+            "topic {topic} has no partition {partition}: it has {count} (0..{}); \
+             add partitions with `eddy topic alter {topic} --partitions N`",
+            count.saturating_sub(1)
+        ),
+    )
+}
+
+fn read_error(topic: &str, partition: u32, e: LogError) -> BrokerError {
+    match e {
+        LogError::OffsetOutOfRange {
+            offset,
+            log_start,
+            log_end,
+        } => BrokerError::new(
+            ErrorCode::OffsetOutOfRange,
+            format!(
+                "offset {offset} is out of range for {topic}-{partition}: valid offsets are \
+                 {log_start} to {log_end}; seek to the beginning or the end"
+            ),
+        ),
+        other => BrokerError::new(
+            ErrorCode::KafkaStorageError,
+            format!("{topic}-{partition}: {other}; retry later, and check the disk if it persists"),
+        ),
+    }
+}
+
+/// Rejects batches whose compression codec the node cannot serve (Kafka
+/// checks this too). One header parse per batch, no per-record work.
+fn check_codecs(topic: &str, partition: u32, batches: &[u8]) -> Result<(), BrokerError> {
+    let mut pos = 0usize;
+    while pos < batches.len() {
+        let rest = &batches[pos..];
+        let (Some(total), Ok(h)) = (header::peek_total_len(rest), BatchHeader::parse(rest)) else {
+            // Malformed: the log's own checks name the problem.
+            return Ok(());
+        };
+        match h.attributes.compression() {
+            Ok(Compression::Snappy) => {
+                return Err(BrokerError::new(
+                    ErrorCode::CorruptMessage,
+                    format!(
+                        "{topic}-{partition}: snappy-compressed batches are not supported; \
+                         use lz4, zstd or gzip"
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(BrokerError::new(
+                    ErrorCode::CorruptMessage,
+                    format!("{topic}-{partition}: {e}; nothing was appended"),
+                ));
+            }
+        }
+        match usize::try_from(total) {
+            Ok(total) if total > 0 => pos = pos.saturating_add(total),
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is a partition directory being deleted
+/// (`<topic>-<partition>.<tag>-delete`).
+pub fn is_delete_dir(name: &str) -> bool {
+    name.strip_suffix(DELETE_DIR_SUFFIX)
+        .and_then(|rest| rest.rsplit_once('.'))
+        .is_some_and(|(dir, tag)| {
+            !tag.is_empty()
+                && tag.bytes().all(|b| b.is_ascii_alphanumeric())
+                && layout::parse_partition_dir(dir).is_some()
+        })
+}
+
+/// Removes partition directories left by a delete that a crash interrupted.
+fn finish_deletes(data_dir: &Path) -> Result<(), OpenError> {
+    let entries = std::fs::read_dir(data_dir).map_err(|error| OpenError::DataDir {
+        path: data_dir.to_path_buf(),
+        error,
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if is_delete_dir(name) && entry.path().is_dir() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => info!("removed {name}, left by an interrupted topic deletion"),
+                Err(e) => warn!("cannot remove {name} (left by a topic deletion): {e}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn warn_about_orphans(data_dir: &Path, topics: &BTreeMap<String, Arc<Topic>>) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((topic, partition)) = layout::parse_partition_dir(name) else {
+            continue;
+        };
+        if topic.starts_with(INTERNAL_PREFIX) || !entry.path().is_dir() {
+            continue;
+        }
+        let known = topics
+            .get(topic)
+            .is_some_and(|t| partition < t.state.partitions);
+        if !known {
+            warn!(
+                "{}: partition directory of no known topic (left by an interrupted delete?); \
+                 it is left alone, and removed if a topic of that name is created",
+                entry.path().display()
+            );
+        }
+    }
+}

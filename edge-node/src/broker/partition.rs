@@ -1,0 +1,483 @@
+//! One partition: its log, its writer task and the event that wakes fetchers.
+//!
+//! Every append goes through the partition's single writer task, fed by a
+//! bounded queue. Batches arrive already checked (length, CRC, record count:
+//! `validate_produce`, run by the request's own task without any lock). The
+//! writer takes every request waiting in the queue, appends each under the
+//! log's lock (the lock is never held across an `.await` or an
+//! fsync), and then:
+//! - for topics with `flush.messages=1` (`fsync = always`), answers only once
+//!   an fsync covered the append. The fsync runs on a blocking thread while the
+//!   writer goes on appending; every append made before an fsync started is
+//!   covered by it (group commit), and the high watermark moves only over
+//!   synced offsets;
+//! - otherwise answers at once, moves the high watermark to the log end, and
+//!   starts a background fsync when `flush.messages` / `flush.ms` make one due
+//!   (a timer, armed from `next_flush_in_ms`, covers an idle partition).
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use eddy_core::config::LogConfig;
+use eddy_core::log::{AppendInfo, LogError, PartitionLog, SyncJob, Validated};
+use event_listener::Event;
+use futures_lite::FutureExt as _;
+use smol::{Task, Timer};
+
+use super::{BrokerError, now_ms};
+use crate::runtime::RuntimeHandle;
+use eddy_client::protocol::ErrorCode;
+
+/// Produce requests a partition queues before producers wait.
+pub const APPEND_QUEUE_REQUESTS_MAX: usize = 256;
+/// Most queued requests one writer round appends before it answers.
+pub const APPEND_GROUP_REQUESTS_MAX: usize = 256;
+/// Leader epoch stamped on appended batches (a single node never changes leader).
+pub const LEADER_EPOCH: i32 = 0;
+
+/// What a successful append tells the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first record.
+    pub base_offset: u64,
+    /// The broker's time for `LogAppendTime` topics, else -1.
+    pub log_append_time: i64,
+    /// The partition's log start offset.
+    pub log_start_offset: u64,
+}
+
+type Reply = async_channel::Sender<Result<Appended, BrokerError>>;
+
+struct AppendRequest {
+    batches: Vec<u8>,
+    checked: Validated,
+    reply: Reply,
+}
+
+/// One open partition.
+pub struct Partition {
+    topic: String,
+    index: u32,
+    log: Mutex<Option<PartitionLog>>,
+    /// Notified whenever the high watermark moves, and when the partition closes.
+    hw_moved: Event,
+    /// The high watermark, readable without the lock.
+    hw: AtomicU64,
+    queue: async_channel::Sender<AppendRequest>,
+    writer: Mutex<Option<Task<()>>>,
+    /// Group-commit fsyncs finished by the writer.
+    syncs: AtomicU64,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("topic", &self.topic)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every log mutation either completes or returns an error before changing
+    // state, so a panic elsewhere under the lock leaves the log usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Partition {
+    /// Wraps an open log and starts its writer task.
+    pub fn start(
+        topic: &str,
+        index: u32,
+        mut log: PartitionLog,
+        rt: &RuntimeHandle,
+    ) -> Arc<Partition> {
+        // One replica: everything the log holds after recovery is committed. (The
+        // checkpointed high watermark lags after a crash; replication will instead
+        // restore it from the leader.)
+        let end = log.log_end_offset();
+        log.set_high_watermark(end);
+        let hw = log.high_watermark();
+        let (queue, requests) = async_channel::bounded(APPEND_QUEUE_REQUESTS_MAX);
+        let partition = Arc::new(Partition {
+            topic: topic.to_owned(),
+            index,
+            log: Mutex::new(Some(log)),
+            hw_moved: Event::new(),
+            hw: AtomicU64::new(hw),
+            queue,
+            writer: Mutex::new(None),
+            syncs: AtomicU64::new(0),
+        });
+        let task = rt.spawn(Writer::new(partition.clone(), requests).run());
+        *lock(&partition.writer) = Some(task);
+        partition
+    }
+
+    /// The partition number.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The high watermark as last published by the writer.
+    pub fn high_watermark(&self) -> u64 {
+        self.hw.load(Ordering::Acquire)
+    }
+
+    /// Background fsyncs the writer has finished (each covers every append made
+    /// before it started).
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// The event notified when the high watermark moves or the partition closes.
+    pub fn hw_event(&self) -> &Event {
+        &self.hw_moved
+    }
+
+    fn closed_error(&self) -> BrokerError {
+        BrokerError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            format!(
+                "partition {} of topic {} was closed (topic deleted or node stopping); \
+                 refresh metadata and retry",
+                self.index, self.topic
+            ),
+        )
+    }
+
+    /// Runs `f` on the open log under its lock (never across an await).
+    pub fn with_log<R>(
+        &self,
+        f: impl FnOnce(&mut PartitionLog) -> Result<R, BrokerError>,
+    ) -> Result<R, BrokerError> {
+        let mut guard = lock(&self.log);
+        match guard.as_mut() {
+            Some(log) => f(log),
+            None => Err(self.closed_error()),
+        }
+    }
+
+    /// Queues `batches`, already checked by
+    /// [`eddy_core::log::validate_produce`] (outside any lock), for the writer
+    /// and waits for its answer.
+    pub async fn append(
+        &self,
+        batches: Vec<u8>,
+        checked: Validated,
+    ) -> Result<Appended, BrokerError> {
+        let (reply, answer) = async_channel::bounded(1);
+        self.queue
+            .send(AppendRequest {
+                batches,
+                checked,
+                reply,
+            })
+            .await
+            .map_err(|_| self.closed_error())?;
+        match answer.recv().await {
+            Ok(result) => result,
+            Err(_) => Err(BrokerError::new(
+                ErrorCode::UnknownServerError,
+                format!(
+                    "the writer of {}-{} stopped without answering; retry",
+                    self.topic, self.index
+                ),
+            )),
+        }
+    }
+
+    /// Replaces the log config (alter configs).
+    pub fn set_config(&self, config: LogConfig) {
+        if let Some(log) = lock(&self.log).as_mut() {
+            log.set_config(config);
+        }
+    }
+
+    /// Stops the writer after it has answered every queued append, then closes
+    /// the log (flush and checkpoints, so the next open needs no recovery).
+    pub async fn close(&self) -> Result<(), LogError> {
+        self.queue.close();
+        let writer = lock(&self.writer).take();
+        if let Some(writer) = writer {
+            writer.await;
+        }
+        let log = lock(&self.log).take();
+        self.hw_moved.notify(usize::MAX);
+        match log {
+            Some(log) => smol::unblock(move || log.close(now_ms())).await,
+            None => Ok(()),
+        }
+    }
+
+    fn publish_hw(&self, log: &mut PartitionLog, hw: u64) {
+        if hw > log.high_watermark() {
+            log.set_high_watermark(hw);
+            self.hw.store(log.high_watermark(), Ordering::Release);
+            self.hw_moved.notify(usize::MAX);
+        }
+    }
+}
+
+/// Maps a log error on the produce path to the wire error.
+pub fn append_error(topic: &str, partition: u32, e: LogError) -> BrokerError {
+    let code = match &e {
+        LogError::RecordTooLarge { .. } => ErrorCode::MessageTooLarge,
+        LogError::InvalidBatch(_) => ErrorCode::CorruptMessage,
+        LogError::Io { .. } | LogError::Poisoned { .. } | LogError::Corrupt(_) => {
+            ErrorCode::KafkaStorageError
+        }
+        LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        _ => ErrorCode::UnknownServerError,
+    };
+    let hint = match &e {
+        LogError::RecordTooLarge { .. } => format!(
+            "; send smaller batches, or raise the limit with \
+             `eddy topic alter {topic} --config max.message.bytes=N`"
+        ),
+        _ if e.is_disk_full() => "; the disk is full: free space or lower retention, then retry \
+                                  (nothing acknowledged was lost)"
+            .to_owned(),
+        LogError::Io { .. } => "; retry later".to_owned(),
+        LogError::InvalidBatch(_) => "; the batch was rejected, nothing was appended".to_owned(),
+        _ => String::new(),
+    };
+    BrokerError::new(code, format!("{topic}-{partition}: {e}{hint}"))
+}
+
+enum Wake {
+    Synced((SyncJob, io::Result<()>)),
+    Request(AppendRequest),
+    Closed,
+    FlushDue,
+}
+
+/// The writer task's state.
+struct Writer {
+    partition: Arc<Partition>,
+    requests: async_channel::Receiver<AppendRequest>,
+    /// The fsync running on a blocking thread.
+    in_flight: Option<Task<(SyncJob, io::Result<()>)>>,
+    /// Appends answered only once durable: (offset after the append, reply, answer).
+    waiting: VecDeque<(u64, Reply, Appended)>,
+    /// Whether `flush.ms` may make a flush due (cleared when nothing can be synced,
+    /// so an unsyncable state never spins the timer).
+    flush_armed: bool,
+    closed: bool,
+}
+
+impl Writer {
+    fn new(partition: Arc<Partition>, requests: async_channel::Receiver<AppendRequest>) -> Writer {
+        Writer {
+            partition,
+            requests,
+            in_flight: None,
+            waiting: VecDeque::new(),
+            flush_armed: false,
+            closed: false,
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            if self.closed && self.in_flight.is_none() && self.waiting.is_empty() {
+                return;
+            }
+            let flush_in = self.flush_timeout();
+            let wake = {
+                let in_flight = &mut self.in_flight;
+                let requests = &self.requests;
+                let closed = self.closed;
+                let synced = async move {
+                    match in_flight.as_mut() {
+                        Some(task) => Wake::Synced(task.await),
+                        None => futures_lite::future::pending().await,
+                    }
+                };
+                let request = async move {
+                    if closed {
+                        return futures_lite::future::pending().await;
+                    }
+                    match requests.recv().await {
+                        Ok(r) => Wake::Request(r),
+                        Err(_) => Wake::Closed,
+                    }
+                };
+                let timer = async move {
+                    match flush_in {
+                        Some(ms) => {
+                            Timer::after(Duration::from_millis(ms)).await;
+                            Wake::FlushDue
+                        }
+                        None => futures_lite::future::pending().await,
+                    }
+                };
+                // A finished fsync goes first, so a busy queue cannot starve acks.
+                synced.or(request).or(timer).await
+            };
+            match wake {
+                Wake::Synced((job, result)) => {
+                    self.in_flight = None;
+                    self.finish_sync(&job, result);
+                }
+                Wake::Request(first) => self.append_group(first),
+                Wake::Closed => self.closed = true,
+                Wake::FlushDue => {}
+            }
+            self.maybe_start_sync();
+        }
+    }
+
+    /// Milliseconds until `flush.ms` calls for an fsync, when no fsync runs.
+    fn flush_timeout(&self) -> Option<u64> {
+        if self.in_flight.is_some() || !self.flush_armed {
+            return None;
+        }
+        let now = now_ms();
+        self.partition
+            .with_log(|log| Ok(log.next_flush_in_ms(now)))
+            .ok()
+            .flatten()
+    }
+
+    fn append_group(&mut self, first: AppendRequest) {
+        let mut group = Vec::with_capacity(8);
+        group.push(first);
+        while group.len() < APPEND_GROUP_REQUESTS_MAX {
+            match self.requests.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let now = now_ms();
+        let p = &*self.partition;
+        let mut answers = Vec::with_capacity(group.len());
+        {
+            let mut guard = lock(&p.log);
+            let Some(log) = guard.as_mut() else {
+                drop(guard);
+                for r in group {
+                    let _ = r.reply.try_send(Err(p.closed_error()));
+                }
+                return;
+            };
+            let durable_acks = log.config().flush_messages == Some(1);
+            let mut appended_now = false;
+            for mut request in group {
+                match log.append_validated(&mut request.batches, request.checked, LEADER_EPOCH, now)
+                {
+                    Ok(info) => {
+                        self.flush_armed = true;
+                        let answer = appended(&info, log.log_start_offset());
+                        if durable_acks {
+                            self.waiting
+                                .push_back((info.last_offset + 1, request.reply, answer));
+                        } else {
+                            appended_now = true;
+                            answers.push((request.reply, Ok(answer)));
+                        }
+                    }
+                    Err(e) => {
+                        answers.push((request.reply, Err(append_error(&p.topic, p.index, e))));
+                    }
+                }
+            }
+            if appended_now {
+                let end = log.log_end_offset();
+                p.publish_hw(log, end);
+            }
+        }
+        for (reply, answer) in answers {
+            // The requester may have gone (connection closed); nothing to do then.
+            let _ = reply.try_send(answer);
+        }
+    }
+
+    fn maybe_start_sync(&mut self) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let now = now_ms();
+        let wanted = !self.waiting.is_empty();
+        let p = &*self.partition;
+        let job = p.with_log(|log| {
+            if wanted || (self.flush_armed && log.flush_due(now)) {
+                log.begin_sync()
+                    .map_err(|e| append_error(&p.topic, p.index, e))
+            } else {
+                Ok(None)
+            }
+        });
+        match job {
+            Ok(Some(job)) => {
+                self.in_flight = Some(smol::unblock(move || {
+                    let result = job.run();
+                    (job, result)
+                }));
+            }
+            Ok(None) => {
+                // Everything appended is already durable (or nothing is due).
+                if wanted {
+                    let durable = p.with_log(|log| Ok(log.durable_offset())).unwrap_or(0);
+                    self.complete_waiting(durable);
+                }
+                if self.waiting.is_empty() && wanted {
+                    self.flush_armed = false;
+                }
+            }
+            Err(e) => {
+                self.flush_armed = false;
+                self.fail_waiting(&e);
+            }
+        }
+    }
+
+    fn finish_sync(&mut self, job: &SyncJob, result: io::Result<()>) {
+        let p = &*self.partition;
+        p.syncs.fetch_add(1, Ordering::Relaxed);
+        let outcome = p.with_log(|log| {
+            let durable = log
+                .finish_sync(job, result)
+                .map_err(|e| append_error(&p.topic, p.index, e))?;
+            if log.config().flush_messages == Some(1) || !self.waiting.is_empty() {
+                p.publish_hw(log, durable);
+            }
+            Ok(durable)
+        });
+        match outcome {
+            Ok(durable) => self.complete_waiting(durable),
+            Err(e) => {
+                self.flush_armed = false;
+                self.fail_waiting(&e);
+            }
+        }
+    }
+
+    fn complete_waiting(&mut self, durable: u64) {
+        while let Some((end, _, _)) = self.waiting.front() {
+            if *end > durable {
+                break;
+            }
+            if let Some((_, reply, answer)) = self.waiting.pop_front() {
+                let _ = reply.try_send(Ok(answer));
+            }
+        }
+    }
+
+    fn fail_waiting(&mut self, e: &BrokerError) {
+        for (_, reply, _) in self.waiting.drain(..) {
+            let _ = reply.try_send(Err(e.clone()));
+        }
+    }
+}
+
+fn appended(info: &AppendInfo, log_start_offset: u64) -> Appended {
+    Appended {
+        base_offset: info.base_offset,
+        log_append_time: info.log_append_time,
+        log_start_offset,
+    }
+}

@@ -1,0 +1,1046 @@
+//! The QUIC server: accepts connections, reads one request per bidirectional
+//! stream, hands it to the [`Broker`] and writes the answer.
+//!
+//! Per stream: a `u32` header length (checked against
+//! [`protocol::HEADER_BYTES_MAX`] before anything is allocated), the postcard
+//! header, then the payload to the end of the stream (at most
+//! `max-request-bytes` for Produce, nothing for other requests). The answer is
+//! one frame, then the stream is finished; a Produce with `acks = 0` gets no
+//! frame, only the finish.
+//!
+//! Bad input gets a typed error (`InvalidRequest`, `UnsupportedVersion`) on
+//! its stream. Each connection logs its first problem at `warn` and the rest
+//! at `debug`; after [`PROBLEMS_PER_CONNECTION_MAX`] bad requests the
+//! connection is closed with [`CLOSE_PROTOCOL_VIOLATION`]. Connections over
+//! `max-connections` are refused; streams over `max-streams-per-connection`
+//! wait (QUIC flow control). Nothing a peer does stops the node serving
+//! others.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use eddy_client::protocol::{
+    self, Acks, ErrorBody, ErrorCode, FrameError, LENGTH_PREFIX_BYTES, PROTOCOL_VERSION, Request,
+    RequestHeader, Response, ResponseHeader,
+};
+use event_listener::Event;
+use futures_lite::FutureExt as _;
+use log::{debug, info, warn};
+use quinn::VarInt;
+use smol::Task;
+
+use crate::broker::{Broker, BrokerError, now_ms};
+use crate::config::NodeConfig;
+use crate::runtime::RuntimeHandle;
+use crate::tls::{self, TlsError};
+
+/// Per-stream receive window (flow control credit), bytes.
+pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+/// Per-connection receive window, bytes.
+pub const RECEIVE_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+/// Per-connection send window, bytes.
+pub const SEND_WINDOW_BYTES: u64 = 32 * 1024 * 1024;
+/// A connection silent this long is dropped.
+pub const IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Bad requests one connection may send before it is closed.
+pub const PROBLEMS_PER_CONNECTION_MAX: u32 = 64;
+/// Longest a graceful shutdown waits for requests in flight.
+pub const SHUTDOWN_DRAIN_MS: u64 = 10_000;
+/// Longest a shutdown waits for connections to close cleanly.
+pub const SHUTDOWN_CLOSE_MS: u64 = 1_000;
+/// Least time between two "connection refused" log lines.
+pub const REFUSAL_LOG_INTERVAL_MS: i64 = 10_000;
+
+/// Application close code: the node is stopping.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// Application close code: the peer sent too many bad requests.
+pub const CLOSE_PROTOCOL_VIOLATION: u32 = 1;
+/// Stream stop code: the request was refused before it was read to the end.
+pub const STOP_REQUEST_REFUSED: u32 = 1;
+
+const _: () = assert!(STREAM_RECEIVE_WINDOW_BYTES <= RECEIVE_WINDOW_BYTES);
+const _: () = assert!(protocol::HEADER_BYTES_MAX as u64 <= STREAM_RECEIVE_WINDOW_BYTES as u64);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The TLS identity could not be loaded or created.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr} (UDP): {error}; pick another address with --listen")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the operating system said.
+        error: std::io::Error,
+    },
+    /// quinn rejected the configuration or the socket.
+    #[error("cannot start the QUIC endpoint: {0}")]
+    Endpoint(String),
+}
+
+struct State {
+    broker: Arc<Broker>,
+    rt: RuntimeHandle,
+    max_connections: usize,
+    max_request_bytes: u64,
+    connections: AtomicUsize,
+    /// Requests being handled; `idle` is notified when it drops to 0.
+    in_flight: AtomicUsize,
+    idle: Event,
+    stopping: AtomicBool,
+    stop: Event,
+    last_refusal_log_ms: AtomicI64,
+}
+
+/// Decrements a counter when dropped, notifying `event` when it reaches 0.
+struct CountGuard<'a> {
+    counter: &'a AtomicUsize,
+    event: Option<&'a Event>,
+}
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        if self.counter.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(event) = self.event
+        {
+            event.notify(usize::MAX);
+        }
+    }
+}
+
+/// The running QUIC listener.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    state: Arc<State>,
+    accept: Option<Task<()>>,
+    local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The QUIC transport settings for `config`.
+pub fn transport_config(config: &NodeConfig) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams_per_connection));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES));
+    t.receive_window(VarInt::from_u32(RECEIVE_WINDOW_BYTES));
+    t.send_window(SEND_WINDOW_BYTES);
+    t.datagram_receive_buffer_size(None);
+    // IDLE_TIMEOUT_MS is far below the limit of an idle timeout (2^62 ms).
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).ok());
+    t
+}
+
+impl Server {
+    /// Loads or creates the TLS identity, binds `listen` and starts accepting
+    /// connections on `rt`.
+    pub fn start(
+        config: &NodeConfig,
+        broker: Arc<Broker>,
+        rt: RuntimeHandle,
+    ) -> Result<Server, ServerError> {
+        let crypto = tls::quic_server_config(config)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server_config.transport_config(Arc::new(transport_config(config)));
+        server_config.max_incoming(config.max_connections as usize);
+        let socket =
+            std::net::UdpSocket::bind(config.listen).map_err(|error| ServerError::Bind {
+                addr: config.listen,
+                error,
+            })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            rt.quinn_runtime(),
+        )
+        .map_err(|e| ServerError::Endpoint(e.to_string()))?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|e| ServerError::Endpoint(e.to_string()))?;
+        broker.set_advertised_address(local_addr.to_string());
+        let state = Arc::new(State {
+            broker,
+            rt: rt.clone(),
+            max_connections: config.max_connections as usize,
+            max_request_bytes: config.max_request_bytes,
+            connections: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            idle: Event::new(),
+            stopping: AtomicBool::new(false),
+            stop: Event::new(),
+            last_refusal_log_ms: AtomicI64::new(0),
+        });
+        let accept = rt.spawn(accept_loop(endpoint.clone(), state.clone()));
+        Ok(Server {
+            endpoint,
+            state,
+            accept: Some(accept),
+            local_addr,
+        })
+    }
+
+    /// The bound address (the real port when `listen` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::Acquire)
+    }
+
+    /// Stops gracefully: refuses new connections, tells the broker to stop
+    /// taking requests (waiting fetches return), waits up to
+    /// [`SHUTDOWN_DRAIN_MS`] for requests in flight to be answered, then
+    /// closes every connection with [`CLOSE_SHUTDOWN`].
+    pub async fn shutdown(mut self) {
+        let state = &self.state;
+        state.stopping.store(true, Ordering::Release);
+        state.stop.notify(usize::MAX);
+        self.endpoint.set_server_config(None);
+        if let Some(accept) = self.accept.take() {
+            accept.await;
+        }
+        state.broker.begin_shutdown();
+        let drained = async {
+            loop {
+                let listener = state.idle.listen();
+                if state.in_flight.load(Ordering::Acquire) == 0 {
+                    return true;
+                }
+                listener.await;
+            }
+        }
+        .or(async {
+            smol::Timer::after(Duration::from_millis(SHUTDOWN_DRAIN_MS)).await;
+            false
+        })
+        .await;
+        if !drained {
+            warn!(
+                "{} request(s) still running after {SHUTDOWN_DRAIN_MS} ms; closing connections",
+                state.in_flight.load(Ordering::Acquire)
+            );
+        }
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"node shutting down");
+        async {
+            self.endpoint.wait_idle().await;
+        }
+        .or(async {
+            smol::Timer::after(Duration::from_millis(SHUTDOWN_CLOSE_MS)).await;
+        })
+        .await;
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>) {
+    loop {
+        let listener = state.stop.listen();
+        if state.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let incoming = async { endpoint.accept().await }
+            .or(async {
+                listener.await;
+                None
+            })
+            .await;
+        let Some(incoming) = incoming else {
+            return;
+        };
+        let open = state.connections.fetch_add(1, Ordering::AcqRel);
+        if open >= state.max_connections {
+            state.connections.fetch_sub(1, Ordering::AcqRel);
+            let now = now_ms();
+            let last = state.last_refusal_log_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= REFUSAL_LOG_INTERVAL_MS {
+                state.last_refusal_log_ms.store(now, Ordering::Relaxed);
+                warn!(
+                    "refusing a connection from {}: max-connections ({}) reached \
+                     (logged at most every {REFUSAL_LOG_INTERVAL_MS} ms)",
+                    incoming.remote_address(),
+                    state.max_connections
+                );
+            }
+            incoming.refuse();
+            continue;
+        }
+        let task_state = state.clone();
+        state
+            .rt
+            .spawn(async move {
+                let _open = CountGuard {
+                    counter: &task_state.connections,
+                    event: None,
+                };
+                serve_connection(incoming, &task_state).await;
+            })
+            .detach();
+    }
+}
+
+/// Per-connection record of bad requests, so each is logged once.
+struct Problems {
+    remote: SocketAddr,
+    count: AtomicU32,
+}
+
+impl Problems {
+    /// Records a problem; returns whether the connection is over its limit.
+    fn report(&self, code: ErrorCode, message: &str) -> bool {
+        let n = self.count.fetch_add(1, Ordering::AcqRel) + 1;
+        if n == 1 {
+            warn!(
+                "bad request from {}: {code:?}: {message} (further problems on this \
+                 connection are logged at debug level)",
+                self.remote
+            );
+        } else {
+            debug!("bad request from {}: {code:?}: {message}", self.remote);
+        }
+        n > PROBLEMS_PER_CONNECTION_MAX
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, state: &Arc<State>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            debug!("handshake with {remote} failed: {e}");
+            return;
+        }
+    };
+    debug!("connection from {remote}");
+    let problems = Arc::new(Problems {
+        remote,
+        count: AtomicU32::new(0),
+    });
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(streams) => streams,
+            Err(e) => {
+                debug!("connection from {remote} ended: {e}");
+                break;
+            }
+        };
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        let task_state = state.clone();
+        let conn = conn.clone();
+        let problems = problems.clone();
+        state
+            .rt
+            .spawn(async move {
+                let _in_flight = CountGuard {
+                    counter: &task_state.in_flight,
+                    event: Some(&task_state.idle),
+                };
+                serve_stream(send, recv, &task_state, &conn, &problems).await;
+            })
+            .detach();
+    }
+    let n = problems.count.load(Ordering::Acquire);
+    if n > 1 {
+        info!("connection from {remote} sent {n} bad requests");
+    }
+}
+
+/// A request that could not be read.
+enum ReadProblem {
+    /// The stream or connection went away: nobody to answer.
+    Gone(String),
+    /// Bad input: answer with this error (and stop reading when `stop`).
+    Bad {
+        code: ErrorCode,
+        message: String,
+        stop: bool,
+    },
+}
+
+fn bad(code: ErrorCode, message: impl Into<String>, stop: bool) -> ReadProblem {
+    ReadProblem::Bad {
+        code,
+        message: message.into(),
+        stop,
+    }
+}
+
+async fn read_request(
+    recv: &mut quinn::RecvStream,
+    max_request_bytes: u64,
+) -> Result<(RequestHeader, Vec<u8>), ReadProblem> {
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    read_exact(recv, &mut prefix, "length prefix").await?;
+    let len = protocol::decode_header_len(prefix).map_err(|e| {
+        bad(
+            ErrorCode::InvalidRequest,
+            format!("{e}; is this an eddy/1 client?"),
+            true,
+        )
+    })?;
+    let mut body = vec![0u8; len];
+    read_exact(recv, &mut body, "request header").await?;
+    // The version comes first, so a newer client gets UnsupportedVersion even
+    // when the rest of its header means nothing to this node.
+    let (version, _) = postcard::take_from_bytes::<u16>(&body).map_err(|e| {
+        bad(
+            ErrorCode::InvalidRequest,
+            format!("malformed request header: {e}"),
+            true,
+        )
+    })?;
+    if version != PROTOCOL_VERSION {
+        return Err(bad(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "protocol version {version} is not supported; this node speaks version \
+                 {PROTOCOL_VERSION}: upgrade the node or use a matching client"
+            ),
+            true,
+        ));
+    }
+    let header: RequestHeader = protocol::decode_header(&body).map_err(|e| {
+        let message = match e {
+            FrameError::Malformed(m) => format!(
+                "malformed request header or unknown request type ({m}); \
+                 check that client and node versions match"
+            ),
+            other => other.to_string(),
+        };
+        bad(ErrorCode::InvalidRequest, message, true)
+    })?;
+    let limit = match header.request {
+        Request::Produce { .. } => max_request_bytes,
+        _ => 0,
+    };
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    let payload = match recv.read_to_end(limit_usize).await {
+        Ok(payload) => payload,
+        Err(quinn::ReadToEndError::TooLong) => {
+            let message = if limit == 0 {
+                format!("a {} request carries no payload", header.request.name())
+            } else {
+                format!(
+                    "produce payload is over max-request-bytes ({limit} bytes); send smaller \
+                     requests or raise max-request-bytes on the node"
+                )
+            };
+            return Err(bad(ErrorCode::InvalidRequest, message, true));
+        }
+        Err(quinn::ReadToEndError::Read(e)) => return Err(ReadProblem::Gone(e.to_string())),
+    };
+    Ok((header, payload))
+}
+
+async fn read_exact(
+    recv: &mut quinn::RecvStream,
+    buf: &mut [u8],
+    what: &str,
+) -> Result<(), ReadProblem> {
+    match recv.read_exact(buf).await {
+        Ok(()) => Ok(()),
+        Err(quinn::ReadExactError::FinishedEarly(n)) => Err(bad(
+            ErrorCode::InvalidRequest,
+            format!(
+                "request truncated: the stream ended after {n} of the {} bytes of the {what}",
+                buf.len()
+            ),
+            false,
+        )),
+        Err(quinn::ReadExactError::ReadError(e)) => Err(ReadProblem::Gone(e.to_string())),
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    state: &State,
+    conn: &quinn::Connection,
+    problems: &Problems,
+) {
+    let (header, payload) = match read_request(&mut recv, state.max_request_bytes).await {
+        Ok(request) => request,
+        Err(ReadProblem::Gone(why)) => {
+            debug!("request stream from {} lost: {why}", problems.remote);
+            return;
+        }
+        Err(ReadProblem::Bad {
+            code,
+            message,
+            stop,
+        }) => {
+            if stop {
+                let _ = recv.stop(VarInt::from_u32(STOP_REQUEST_REFUSED));
+            }
+            let over = problems.report(code, &message);
+            let header = ResponseHeader::Error(ErrorBody { code, message });
+            write_response(&mut send, &header, &[]).await;
+            if over {
+                warn!(
+                    "closing the connection from {}: over {PROBLEMS_PER_CONNECTION_MAX} bad requests",
+                    problems.remote
+                );
+                conn.close(
+                    VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION),
+                    b"too many bad requests",
+                );
+            }
+            return;
+        }
+    };
+    let no_answer = matches!(
+        header.request,
+        Request::Produce {
+            acks: Acks::None,
+            ..
+        }
+    );
+    let name = header.request.name();
+    let (response, payload) = dispatch(&state.broker, header.request, payload).await;
+    if no_answer {
+        if let ResponseHeader::Error(e) = &response {
+            debug!(
+                "acks=0 produce from {} failed: {}",
+                problems.remote, e.message
+            );
+        }
+        let _ = send.finish();
+        return;
+    }
+    if let ResponseHeader::Error(e) = &response {
+        debug!(
+            "{name} from {} failed: {:?}: {}",
+            problems.remote, e.code, e.message
+        );
+    }
+    write_response(&mut send, &response, &payload).await;
+}
+
+async fn write_response(send: &mut quinn::SendStream, header: &ResponseHeader, payload: &[u8]) {
+    let frame = match protocol::encode_header(header) {
+        Ok(frame) => frame,
+        Err(e) => {
+            // Only a huge answer (metadata of very many topics) can fail here.
+            let fallback = ResponseHeader::Error(ErrorBody {
+                code: ErrorCode::UnknownServerError,
+                message: format!(
+                    "the answer does not fit in a response header ({e}); ask for fewer topics"
+                ),
+            });
+            match protocol::encode_header(&fallback) {
+                Ok(frame) => {
+                    let _ = send.write_all(&frame).await;
+                    let _ = send.finish();
+                }
+                Err(_) => {
+                    let _ = send.reset(VarInt::from_u32(STOP_REQUEST_REFUSED));
+                }
+            }
+            return;
+        }
+    };
+    let written = async {
+        send.write_all(&frame).await?;
+        if !payload.is_empty() {
+            send.write_all(payload).await?;
+        }
+        Ok::<(), quinn::WriteError>(())
+    }
+    .await;
+    match written {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(e) => debug!("response not delivered: {e}"),
+    }
+}
+
+/// Runs one request on the broker: the response header and its payload.
+pub async fn dispatch(
+    broker: &Arc<Broker>,
+    request: Request,
+    payload: Vec<u8>,
+) -> (ResponseHeader, Vec<u8>) {
+    let none = Vec::new;
+    let result: Result<(Response, Vec<u8>), BrokerError> = match request {
+        Request::Produce {
+            topic,
+            partition,
+            acks,
+            timeout_ms,
+        } => broker
+            .produce(&topic, partition, acks, timeout_ms, payload)
+            .await
+            .map(|r| {
+                (
+                    Response::Produce {
+                        partition: r.partition,
+                        base_offset: r.appended.base_offset,
+                        log_append_time: r.appended.log_append_time,
+                        log_start_offset: r.appended.log_start_offset,
+                    },
+                    none(),
+                )
+            }),
+        Request::Fetch {
+            topic,
+            partition,
+            offset,
+            max_bytes,
+            min_bytes,
+            max_wait_ms,
+        } => broker
+            .fetch(&topic, partition, offset, max_bytes, min_bytes, max_wait_ms)
+            .await
+            .map(|f| {
+                (
+                    Response::Fetch {
+                        high_watermark: f.high_watermark,
+                        log_start_offset: f.log_start_offset,
+                        next_offset: f.next_offset,
+                    },
+                    f.batches,
+                )
+            }),
+        Request::ListOffsets {
+            topic,
+            partition,
+            spec,
+        } => broker
+            .list_offsets(&topic, partition, spec)
+            .await
+            .map(|(offset, timestamp)| (Response::ListOffsets { offset, timestamp }, none())),
+        Request::Metadata { topics } => broker
+            .metadata(topics)
+            .await
+            .map(|(nodes, topics)| (Response::Metadata { nodes, topics }, none())),
+        Request::CreateTopic {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+        } => broker
+            .create_topic(&name, partitions, replication_factor, configs)
+            .await
+            .map(|()| (Response::CreateTopic, none())),
+        Request::DeleteTopic { name } => broker
+            .delete_topic(&name)
+            .await
+            .map(|()| (Response::DeleteTopic, none())),
+        Request::DescribeTopic { name } => broker.describe_topic(&name).map(|d| {
+            (
+                Response::DescribeTopic {
+                    name: d.name,
+                    configs: d.configs,
+                    effective_configs: d.effective_configs,
+                    partitions: d.partitions,
+                },
+                none(),
+            )
+        }),
+        Request::AlterConfigs { name, changes } => broker
+            .alter_configs(&name, changes)
+            .await
+            .map(|()| (Response::AlterConfigs, none())),
+        Request::CreatePartitions { name, total } => broker
+            .create_partitions(&name, total)
+            .await
+            .map(|()| (Response::CreatePartitions, none())),
+    };
+    match result {
+        Ok((response, payload)) => (ResponseHeader::Ok(response), payload),
+        Err(e) => (ResponseHeader::Error(e.into_body()), Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use eddy_client::protocol::{OffsetSpec, encode_header, split_frame};
+    use eddy_core::batch::{BatchBuilder, BatchOptions};
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+
+    use super::*;
+    use crate::runtime::Runtime;
+
+    /// Upper bound for a response the tests read.
+    const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+    struct Node {
+        rt: Runtime,
+        broker: Arc<Broker>,
+        server: Option<Server>,
+        ca: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Node {
+        fn start(tune: impl FnOnce(&mut NodeConfig)) -> Node {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut config = NodeConfig {
+                data_dir: dir.path().to_path_buf(),
+                listen: "127.0.0.1:0".parse().expect("address"),
+                ..NodeConfig::default()
+            };
+            tune(&mut config);
+            config.validate().expect("valid config");
+            let rt = Runtime::start(2).expect("runtime");
+            let broker = Broker::open(&config, rt.handle()).expect("broker");
+            let server = Server::start(&config, broker.clone(), rt.handle()).expect("server");
+            Node {
+                ca: dir.path().join(tls::TLS_DIR).join(tls::CA_CERT_FILE),
+                rt,
+                broker,
+                server: Some(server),
+                _dir: dir,
+            }
+        }
+
+        fn addr(&self) -> SocketAddr {
+            self.server.as_ref().expect("running").local_addr()
+        }
+
+        fn client(&self) -> quinn::Endpoint {
+            client_endpoint(&self.rt.handle(), &self.ca)
+        }
+
+        fn stop(mut self) {
+            if let Some(server) = self.server.take() {
+                self.rt.block_on(server.shutdown());
+            }
+            self.rt
+                .block_on(self.broker.shutdown())
+                .expect("clean shutdown");
+        }
+    }
+
+    fn client_endpoint(rt: &RuntimeHandle, ca: &Path) -> quinn::Endpoint {
+        let pem = std::fs::read(ca).expect("ca.pem");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.expect("cert")).expect("root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![protocol::ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            rt.quinn_runtime(),
+        )
+        .expect("client endpoint");
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        endpoint
+    }
+
+    async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> quinn::Connection {
+        endpoint
+            .connect(addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake")
+    }
+
+    /// Sends raw bytes as one request; returns the raw response stream.
+    async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> Vec<u8> {
+        let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
+        // The node may stop reading early (a refused request): that is fine.
+        let _ = send.write_all(bytes).await;
+        let _ = send.finish();
+        recv.read_to_end(RESPONSE_BYTES_MAX)
+            .await
+            .expect("response stream")
+    }
+
+    fn frame(version: u16, request: Request, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = encode_header(&RequestHeader { version, request }).expect("encode");
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    async fn call(
+        conn: &quinn::Connection,
+        request: Request,
+        payload: &[u8],
+    ) -> (ResponseHeader, Vec<u8>) {
+        let raw = exchange(conn, &frame(PROTOCOL_VERSION, request, payload)).await;
+        let (header, payload): (ResponseHeader, &[u8]) = split_frame(&raw).expect("frame");
+        (header, payload.to_vec())
+    }
+
+    fn error_code(header: &ResponseHeader) -> Option<ErrorCode> {
+        match header {
+            ResponseHeader::Error(e) => Some(e.code),
+            ResponseHeader::Ok(_) => None,
+        }
+    }
+
+    fn batch(value: &[u8]) -> Vec<u8> {
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        b.push(now_ms(), None, Some(value), &[]).expect("push");
+        b.build().expect("build")
+    }
+
+    fn produce(topic: &str, acks: Acks) -> Request {
+        Request::Produce {
+            topic: topic.into(),
+            partition: Some(0),
+            acks,
+            timeout_ms: 0,
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_over_quic() {
+        let node = Node::start(|_| {});
+        let client = node.client();
+        node.rt.block_on(async {
+            let conn = connect(&client, node.addr()).await;
+            let (h, _) = call(
+                &conn,
+                Request::CreateTopic {
+                    name: "t".into(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    configs: vec![],
+                },
+                &[],
+            )
+            .await;
+            assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+            let (h, _) = call(&conn, produce("t", Acks::Leader), &batch(b"one")).await;
+            assert!(
+                matches!(
+                    h,
+                    ResponseHeader::Ok(Response::Produce { base_offset: 0, .. })
+                ),
+                "{h:?}"
+            );
+            // acks=0: the stream finishes without a frame.
+            let raw = exchange(
+                &conn,
+                &frame(PROTOCOL_VERSION, produce("t", Acks::None), &batch(b"two")),
+            )
+            .await;
+            assert!(raw.is_empty(), "acks=0 got an answer");
+            let (h, payload) = call(
+                &conn,
+                Request::Fetch {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: 1,
+                    max_bytes: 1 << 20,
+                    min_bytes: 1,
+                    max_wait_ms: 5_000,
+                },
+                &[],
+            )
+            .await;
+            assert!(
+                matches!(
+                    h,
+                    ResponseHeader::Ok(Response::Fetch {
+                        high_watermark: 2,
+                        next_offset: 2,
+                        ..
+                    })
+                ),
+                "{h:?}"
+            );
+            let batches: Vec<_> = eddy_core::batch::BatchIter::new(&payload)
+                .map(|b| b.expect("valid batch"))
+                .collect();
+            assert_eq!(batches.len(), 1);
+            assert_eq!(batches[0].header.base_offset, 1);
+            let records = batches[0].records(1 << 20).expect("records");
+            assert_eq!(records[0].value.as_deref(), Some(&b"two"[..]));
+            let (h, _) = call(
+                &conn,
+                Request::ListOffsets {
+                    topic: "t".into(),
+                    partition: 0,
+                    spec: OffsetSpec::Latest,
+                },
+                &[],
+            )
+            .await;
+            assert_eq!(
+                h,
+                ResponseHeader::Ok(Response::ListOffsets {
+                    offset: Some(2),
+                    timestamp: -1
+                })
+            );
+            let (h, _) = call(&conn, Request::Metadata { topics: None }, &[]).await;
+            match h {
+                ResponseHeader::Ok(Response::Metadata { nodes, topics }) => {
+                    assert_eq!(nodes[0].address, node.addr().to_string());
+                    assert_eq!(topics[0].name, "t");
+                }
+                other => panic!("{other:?}"),
+            }
+            let (h, _) = call(&conn, Request::DescribeTopic { name: "t".into() }, &[]).await;
+            assert!(
+                matches!(h, ResponseHeader::Ok(Response::DescribeTopic { .. })),
+                "{h:?}"
+            );
+            let (h, _) = call(&conn, produce("nope", Acks::Leader), &batch(b"x")).await;
+            assert_eq!(error_code(&h), Some(ErrorCode::UnknownTopicOrPartition));
+        });
+        node.stop();
+    }
+
+    #[test]
+    fn bad_input_gets_typed_errors_and_the_node_keeps_serving() {
+        let node = Node::start(|c| {
+            c.max_request_bytes = 64 * 1024;
+            c.topic_defaults
+                .insert("max.message.bytes".into(), "1024".into());
+        });
+        let client = node.client();
+        node.rt.block_on(async {
+            let conn = connect(&client, node.addr()).await;
+            let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
+                (
+                    "garbage header",
+                    vec![0, 0, 0, 3, 0xff, 0xff, 0xff],
+                    ErrorCode::InvalidRequest,
+                ),
+                ("truncated", vec![0, 0, 0, 10, 1], ErrorCode::InvalidRequest),
+                ("no prefix", vec![0, 0], ErrorCode::InvalidRequest),
+                (
+                    "header over the limit",
+                    (protocol::HEADER_BYTES_MAX + 1).to_be_bytes().to_vec(),
+                    ErrorCode::InvalidRequest,
+                ),
+                // version 1, then request variant 200 (a postcard varint).
+                (
+                    "unknown request",
+                    vec![0, 0, 0, 3, 1, 0xc8, 0x01],
+                    ErrorCode::InvalidRequest,
+                ),
+                (
+                    "newer version",
+                    frame(2, Request::Metadata { topics: None }, &[]),
+                    ErrorCode::UnsupportedVersion,
+                ),
+                (
+                    "payload on metadata",
+                    frame(PROTOCOL_VERSION, Request::Metadata { topics: None }, b"x"),
+                    ErrorCode::InvalidRequest,
+                ),
+                (
+                    "produce over max-request-bytes",
+                    frame(
+                        PROTOCOL_VERSION,
+                        produce("t", Acks::Leader),
+                        &vec![0u8; 128 * 1024],
+                    ),
+                    ErrorCode::InvalidRequest,
+                ),
+            ];
+            for (what, bytes, expected) in cases {
+                let raw = exchange(&conn, &bytes).await;
+                let (h, _): (ResponseHeader, &[u8]) =
+                    split_frame(&raw).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(error_code(&h), Some(expected), "{what}: {h:?}");
+            }
+            // The same connection still works.
+            let (h, _) = call(&conn, Request::Metadata { topics: None }, &[]).await;
+            assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
+        });
+        node.stop();
+    }
+
+    #[test]
+    fn a_connection_sending_only_garbage_is_closed() {
+        let node = Node::start(|_| {});
+        let client = node.client();
+        node.rt.block_on(async {
+            let conn = connect(&client, node.addr()).await;
+            let mut sent = 0u32;
+            loop {
+                let Ok((mut send, mut recv)) = conn.open_bi().await else {
+                    break;
+                };
+                let _ = send.write_all(&[0, 0, 0, 2, 0xff, 0xff]).await;
+                let _ = send.finish();
+                if recv.read_to_end(RESPONSE_BYTES_MAX).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                assert!(sent <= PROBLEMS_PER_CONNECTION_MAX + 2, "never closed");
+            }
+            let reason = conn.closed().await;
+            assert!(
+                matches!(
+                    &reason,
+                    quinn::ConnectionError::ApplicationClosed(c)
+                        if c.error_code == VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION)
+                ),
+                "{reason:?}"
+            );
+            // Others are served.
+            let other = connect(&client, node.addr()).await;
+            let (h, _) = call(&other, Request::Metadata { topics: None }, &[]).await;
+            assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
+        });
+        node.stop();
+    }
+
+    #[test]
+    fn connections_over_the_limit_are_refused() {
+        let node = Node::start(|c| c.max_connections = 1);
+        let client = node.client();
+        node.rt.block_on(async {
+            let first = connect(&client, node.addr()).await;
+            let second = client
+                .connect(node.addr(), "localhost")
+                .expect("connect")
+                .await;
+            assert!(second.is_err(), "second connection accepted");
+            let (h, _) = call(&first, Request::Metadata { topics: None }, &[]).await;
+            assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
+            first.close(VarInt::from_u32(0), b"done");
+            // Once the node saw the close, a new connection fits again.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let attempt = client
+                    .connect(node.addr(), "localhost")
+                    .expect("connect")
+                    .await;
+                if let Ok(conn) = attempt {
+                    let (h, _) = call(&conn, Request::Metadata { topics: None }, &[]).await;
+                    assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "slot never freed");
+                smol::Timer::after(Duration::from_millis(50)).await;
+            }
+        });
+        node.stop();
+    }
+}

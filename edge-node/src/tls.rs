@@ -1,0 +1,466 @@
+//! The node's TLS identity and its rustls server config.
+//!
+//! With `tls-cert` / `tls-key` set, those PEM files are used. Without them the
+//! node keeps its own small CA in `<data-dir>/tls/`:
+//! - `ca.pem`, `ca.key`: created on first start; clients trust `ca.pem`;
+//! - `server.pem`, `server.key`: a server certificate signed by that CA for
+//!   `localhost`, `127.0.0.1`, `::1` and the listen IP. It is reused on later
+//!   starts, and issued again (by the same CA, so clients keep trusting it)
+//!   when the listen IP changed to one it does not name.
+//!
+//! Keys are written with mode 0600 (temp file, fsync, rename). The rustls
+//! config uses the ring provider explicitly, TLS 1.3 only (QUIC needs it) and
+//! ALPN `eddy/1`.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use eddy_client::protocol::ALPN;
+use log::{info, warn};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::NodeConfig;
+
+/// Directory under `data-dir` holding the generated CA and certificate.
+pub const TLS_DIR: &str = "tls";
+/// The CA certificate clients trust.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// The CA's private key (mode 0600).
+pub const CA_KEY_FILE: &str = "ca.key";
+/// The server certificate.
+pub const SERVER_CERT_FILE: &str = "server.pem";
+/// The server's private key (mode 0600).
+pub const SERVER_KEY_FILE: &str = "server.key";
+/// Common name of the generated CA. It must never change: the CA is rebuilt
+/// from its key and this name to sign a new server certificate.
+const CA_COMMON_NAME: &str = "Eddy node CA";
+/// Common name of the generated server certificate.
+const SERVER_COMMON_NAME: &str = "eddy node";
+/// Most bytes read from a PEM file.
+const PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Why the TLS identity could not be loaded or created. Fix the files (or
+/// remove `<data-dir>/tls/` to have them made again) and restart.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        error: io::Error,
+    },
+    /// A file could not be written.
+    #[error("cannot write {}: {error}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        error: io::Error,
+    },
+    /// A PEM file holds no usable certificate or key.
+    #[error("{}: {reason}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Generating a key or certificate failed.
+    #[error("cannot generate a TLS certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls rejected the certificate or key.
+    #[error("TLS setup failed: {0}; check that tls-cert and tls-key belong together")]
+    Rustls(#[from] rustls::Error),
+    /// The config cannot be used for QUIC.
+    #[error("QUIC TLS setup failed: {0}")]
+    Quic(String),
+}
+
+/// A certificate chain and its key.
+#[derive(Debug)]
+pub struct Identity {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The CA file clients should trust, when the node made it.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The node's identity: the configured files, or the generated CA and server
+/// certificate under `<data-dir>/tls/` (created or extended as needed).
+pub fn load_or_create(config: &NodeConfig) -> Result<Identity, TlsError> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let identity = Identity {
+                chain: read_chain(cert)?,
+                key: read_key(key)?,
+                ca_file: None,
+            };
+            info!("TLS certificate {} (key {})", cert.display(), key.display());
+            Ok(identity)
+        }
+        _ => generated(&config.data_dir.join(TLS_DIR), config.listen.ip()),
+    }
+}
+
+/// The names a generated server certificate carries.
+pub fn subject_alt_names(listen: IpAddr) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        Ipv4Addr::LOCALHOST.to_string(),
+        Ipv6Addr::LOCALHOST.to_string(),
+    ];
+    if !listen.is_unspecified() && !listen.is_loopback() {
+        names.push(listen.to_string());
+    }
+    names
+}
+
+fn ca_params() -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, CA_COMMON_NAME);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+fn generated(dir: &Path, listen: IpAddr) -> Result<Identity, TlsError> {
+    std::fs::create_dir_all(dir).map_err(|error| TlsError::Write {
+        path: dir.to_path_buf(),
+        error,
+    })?;
+    let ca_cert = dir.join(CA_CERT_FILE);
+    let ca_key = dir.join(CA_KEY_FILE);
+    let server_cert = dir.join(SERVER_CERT_FILE);
+    let server_key = dir.join(SERVER_KEY_FILE);
+    let names = subject_alt_names(listen);
+    if listen.is_unspecified() {
+        warn!(
+            "listening on {listen} with a generated certificate that names only localhost: \
+             clients on other machines need tls-cert/tls-key naming this host, or the node \
+             listening on its own IP (which the generated certificate then names)"
+        );
+    }
+
+    if server_cert.exists() && server_key.exists() {
+        let chain = read_chain(&server_cert)?;
+        let covered = chain
+            .first()
+            .is_some_and(|leaf| names_ips(&names).all(|ip| der_has_ip_san(leaf, ip)));
+        if covered {
+            info!(
+                "TLS certificate {} (clients trust {})",
+                server_cert.display(),
+                ca_cert.display()
+            );
+            return Ok(Identity {
+                chain,
+                key: read_key(&server_key)?,
+                ca_file: Some(ca_cert),
+            });
+        }
+        info!(
+            "{} does not name the listen address {listen}; issuing a new one",
+            server_cert.display()
+        );
+    }
+
+    let issuer = if ca_cert.exists() && ca_key.exists() {
+        let key = KeyPair::from_pem(&read_text(&ca_key)?).map_err(|e| TlsError::Pem {
+            path: ca_key.clone(),
+            reason: format!(
+                "not a usable CA key ({e}); remove {} to start over",
+                dir.display()
+            ),
+        })?;
+        Issuer::new(ca_params()?, key)
+    } else {
+        if ca_cert.exists() || ca_key.exists() {
+            warn!(
+                "{} has only one of {CA_CERT_FILE} and {CA_KEY_FILE}; making a new CA \
+                 (clients must trust the new {CA_CERT_FILE})",
+                dir.display()
+            );
+        }
+        let key = KeyPair::generate()?;
+        let params = ca_params()?;
+        let cert = params.self_signed(&key)?;
+        write_private(&ca_key, key.serialize_pem().as_bytes())?;
+        write_public(&ca_cert, cert.pem().as_bytes())?;
+        sync_dir(dir)?;
+        info!("created a CA for this node: {}", ca_cert.display());
+        Issuer::new(params, key)
+    };
+
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.clone())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, SERVER_COMMON_NAME);
+    params.is_ca = IsCa::NoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_private(&server_key, key.serialize_pem().as_bytes())?;
+    write_public(&server_cert, cert.pem().as_bytes())?;
+    sync_dir(dir)?;
+    info!(
+        "created TLS certificate {} for {}; clients trust {} (pass it with --ca on other machines)",
+        server_cert.display(),
+        names.join(", "),
+        ca_cert.display()
+    );
+    Ok(Identity {
+        chain: vec![cert.der().clone()],
+        key: PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| TlsError::Pem {
+            path: server_key,
+            reason: e.to_owned(),
+        })?,
+        ca_file: Some(ca_cert),
+    })
+}
+
+fn names_ips(names: &[String]) -> impl Iterator<Item = IpAddr> + '_ {
+    names.iter().filter_map(|n| n.parse().ok())
+}
+
+/// Whether a certificate names `ip` in its subject alternative names.
+///
+/// A SAN iPAddress is the DER item `[7]` with the address bytes: `0x87 4
+/// a b c d` or `0x87 16 ...`; six or eighteen bytes that a certificate does
+/// not hold by accident.
+pub fn der_has_ip_san(cert: &[u8], ip: IpAddr) -> bool {
+    let mut needle = vec![0x87];
+    match ip {
+        IpAddr::V4(v4) => {
+            needle.push(4);
+            needle.extend_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            needle.push(16);
+            needle.extend_from_slice(&v6.octets());
+        }
+    }
+    cert.windows(needle.len()).any(|w| w == needle.as_slice())
+}
+
+fn read_text(path: &Path) -> Result<String, TlsError> {
+    let bytes = read_bytes(path)?;
+    String::from_utf8(bytes).map_err(|_| TlsError::Pem {
+        path: path.to_path_buf(),
+        reason: "not a PEM text file".into(),
+    })
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let read_error = |error| TlsError::Read {
+        path: path.to_path_buf(),
+        error,
+    };
+    let len = std::fs::metadata(path).map_err(read_error)?.len();
+    if len > PEM_FILE_BYTES_MAX {
+        return Err(TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: format!("{len} bytes is too large for a PEM file"),
+        });
+    }
+    std::fs::read(path).map_err(read_error)
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read_bytes(path)?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: format!("not a PEM certificate chain: {e}"),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: "holds no CERTIFICATE block".into(),
+        });
+    }
+    Ok(chain)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = read_bytes(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Pem {
+        path: path.to_path_buf(),
+        reason: format!("not a PEM private key: {e}"),
+    })
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+    let write_error = |error| TlsError::Write {
+        path: path.to_path_buf(),
+        error,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(write_error)?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(write_error)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(write_error)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    write_file(path, bytes, 0o600)
+}
+
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    write_file(path, bytes, 0o644)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), TlsError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|error| TlsError::Write {
+            path: dir.to_path_buf(),
+            error,
+        })
+}
+
+/// The rustls server config for `identity`: ring, TLS 1.3, ALPN `eddy/1`.
+pub fn server_config(identity: Identity) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// The QUIC crypto config of the node: [`load_or_create`] then
+/// [`server_config`].
+pub fn quic_server_config(
+    config: &NodeConfig,
+) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+    let rustls_config = server_config(load_or_create(config)?)?;
+    quinn::crypto::rustls::QuicServerConfig::try_from(rustls_config)
+        .map_err(|e| TlsError::Quic(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn config(data_dir: &Path, listen: &str) -> NodeConfig {
+        NodeConfig {
+            data_dir: data_dir.to_path_buf(),
+            listen: listen.parse().expect("address"),
+            ..NodeConfig::default()
+        }
+    }
+
+    #[test]
+    fn first_start_creates_a_ca_and_later_starts_reuse_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = load_or_create(&config(dir.path(), "127.0.0.1:0")).expect("create");
+        let tls = dir.path().join(TLS_DIR);
+        for file in [CA_CERT_FILE, CA_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE] {
+            assert!(tls.join(file).is_file(), "{file} missing");
+        }
+        for key in [CA_KEY_FILE, SERVER_KEY_FILE] {
+            let mode = std::fs::metadata(tls.join(key))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{key} mode {mode:o}");
+        }
+        let leaf = &first.chain[0];
+        assert!(der_has_ip_san(leaf, "127.0.0.1".parse().expect("ip")));
+        assert!(der_has_ip_san(leaf, "::1".parse().expect("ip")));
+        assert!(!der_has_ip_san(leaf, "10.1.2.3".parse().expect("ip")));
+
+        let ca_before = std::fs::read(tls.join(CA_CERT_FILE)).expect("ca");
+        let again = load_or_create(&config(dir.path(), "127.0.0.1:0")).expect("reuse");
+        assert_eq!(again.chain, first.chain, "server certificate reused");
+
+        // A new listen IP gets a new server certificate from the same CA.
+        let moved = load_or_create(&config(dir.path(), "10.1.2.3:7878")).expect("reissue");
+        assert!(der_has_ip_san(
+            &moved.chain[0],
+            "10.1.2.3".parse().expect("ip")
+        ));
+        assert_eq!(
+            std::fs::read(tls.join(CA_CERT_FILE)).expect("ca"),
+            ca_before
+        );
+        server_config(moved).expect("rustls accepts it");
+    }
+
+    #[test]
+    fn the_generated_certificate_verifies_against_the_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = load_or_create(&config(dir.path(), "127.0.0.1:0")).expect("create");
+        let ca = read_chain(&dir.path().join(TLS_DIR).join(CA_CERT_FILE)).expect("ca");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca[0].clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("verifier");
+        let now = rustls_pki_types::UnixTime::now();
+        for name in ["localhost", "127.0.0.1"] {
+            let server_name =
+                rustls_pki_types::ServerName::try_from(name.to_owned()).expect("name");
+            rustls::client::danger::ServerCertVerifier::verify_server_cert(
+                &*verifier,
+                &identity.chain[0],
+                &[],
+                &server_name,
+                &[],
+                now,
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn configured_files_that_are_not_pem_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, "not pem").expect("write");
+        std::fs::write(&key, "not pem").expect("write");
+        let mut c = config(dir.path(), "127.0.0.1:0");
+        c.tls_cert = Some(cert.clone());
+        c.tls_key = Some(key);
+        let e = load_or_create(&c).expect_err("bad files");
+        assert!(e.to_string().contains("cert.pem"), "{e}");
+    }
+}
