@@ -32,7 +32,7 @@ use eddy_client::{
 use eddy_core::batch::header::HEADER_LEN;
 use eddy_core::batch::varint::{varint_len, varlong_len};
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde::Serialize;
 
 use super::format::table;
@@ -47,9 +47,11 @@ pub const COUNT_DEFAULT: u64 = 1_000_000;
 pub const E2E_DURATION_SECS_DEFAULT: u64 = 10;
 /// Records per batch unless `--batch-size` or `--batch-records` says otherwise.
 pub const BATCH_RECORDS_DEFAULT: u32 = 1000;
-/// The default batch never grows past this, below Kafka's default
-/// `max.message.bytes` (1 048 588): 1000 records of 1 KiB would not fit.
-pub const BATCH_BYTES_DEFAULT_MAX: u64 = 1_000_000;
+/// The default batch never grows past this: 1000 records of 1 KiB would not fit
+/// Kafka's default `max.message.bytes` (1 048 588), and on loopback 256 KiB
+/// batches move 1 KiB records as fast as 1 MB ones with a quarter of the ack
+/// latency (p50 ~10 ms instead of ~40 ms, 5 in flight).
+pub const BATCH_BYTES_DEFAULT_MAX: u64 = 262_144;
 /// Largest record value the benches send.
 pub const RECORD_BYTES_MAX: u32 = 1_000_000;
 /// Most producers or consumers in one bench.
@@ -70,8 +72,10 @@ const POLL_SLICE_MS: u64 = 100;
 const CONSUMER_IDLE_MS_MAX: u64 = 10_000;
 /// Most records one `poll` returns in the benches.
 const MAX_POLL_RECORDS: u32 = 10_000;
-/// Default most bytes per partition per fetch in the benches.
-const FETCH_BYTES_DEFAULT: u32 = 4 * 1024 * 1024;
+/// Default most bytes per partition per fetch in the benches: the client's
+/// per-stream receive window (8 MiB), so one fetch streams without waiting for
+/// window updates; 1 MiB (Kafka's default) costs a round trip per MiB.
+const FETCH_BYTES_DEFAULT: u32 = 8 * 1024 * 1024;
 /// Unfinished ack-sampling tasks kept before pruning the finished ones.
 const SAMPLE_TASKS_PRUNE_AT: usize = 4096;
 /// Worst-case bytes the producer reserves per record beyond key, value and
@@ -202,7 +206,7 @@ pub struct ProducerArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub partitions: Option<u32>,
     /// Most bytes per batch (batch.size). Default: 1000 records' worth, at most
-    /// 1 000 000 bytes.
+    /// 262 144 bytes.
     #[arg(long, value_name = "BYTES", conflicts_with = "batch_records",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: Option<u32>,
@@ -699,16 +703,21 @@ fn progress(json: bool, length: Option<u64>, what: &str) -> ProgressBar {
         Some(n) => (
             ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
             format!(
-                "{{elapsed_precise}} [{{wide_bar}}] {{human_pos}}/{{human_len}} {what} ({{per_sec}}, eta {{eta}})"
+                "{{elapsed_precise}} [{{wide_bar}}] {{human_pos}}/{{human_len}} {what} ({{rate}}, eta {{eta}})"
             ),
         ),
         None => (
             ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-            format!("{{spinner}} {{elapsed_precise}} {{human_pos}} {what} ({{per_sec}})"),
+            format!("{{spinner}} {{elapsed_precise}} {{human_pos}} {what} ({{rate}})"),
         ),
     };
     if let Ok(style) = ProgressStyle::with_template(&template) {
-        bar.set_style(style);
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{}/s", group_thousands(state.per_sec() as u64));
+            },
+        ));
     }
     if length.is_none() {
         bar.enable_steady_tick(Duration::from_millis(100));
