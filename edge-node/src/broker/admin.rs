@@ -32,18 +32,8 @@ use super::{
 /// Longest file name most file systems allow.
 const FILE_NAME_BYTES_MAX: usize = 255;
 
-/// A topic's configs and per-partition state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicDescription {
-    /// Name.
-    pub name: String,
-    /// Configs set on the topic.
-    pub configs: Vec<(String, String)>,
-    /// Every config in force, node defaults included.
-    pub effective_configs: Vec<(String, String)>,
-    /// Per partition: offsets, leader, replicas, size.
-    pub partitions: Vec<PartitionInfo>,
-}
+/// A topic's configs and per-partition state: the same type the client returns.
+pub use eddy_client::TopicDescription;
 
 fn invalid_config(topic: &str, reason: impl std::fmt::Display) -> BrokerError {
     BrokerError::new(ErrorCode::InvalidConfig, format!("topic {topic}: {reason}"))
