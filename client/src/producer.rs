@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -441,7 +442,7 @@ struct Shared {
 
 #[derive(Debug)]
 struct State {
-    topics: HashMap<String, TopicState>,
+    topics: HashMap<String, TopicState, BuildHasherDefault<FxHasher>>,
     /// Open batches in creation order, hence in linger-deadline order.
     lingering: VecDeque<LingerEntry>,
     ready: VecDeque<SealedBatch>,
@@ -494,6 +495,50 @@ struct SealedBatch {
     result: Arc<BatchResult>,
     bytes: u64,
     sealed: Instant,
+}
+
+/// FxHash (as in rustc): much cheaper than SipHash for the short topic names the
+/// topic map is keyed by, which the application (not the network) chooses.
+#[derive(Debug, Default, Clone, Copy)]
+struct FxHasher {
+    hash: u64,
+}
+
+impl FxHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+
+    fn write_usize(&mut self, word: usize) {
+        self.add(word as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -585,7 +630,12 @@ impl Producer {
         }
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let block_ms = config.max_block_ms;
-        let deadline = Instant::now() + Duration::from_millis(u64::from(block_ms));
+        // Read the clock only if the call has to wait: most appends do not.
+        let mut deadline = None;
+        let mut deadline = || {
+            *deadline
+                .get_or_insert_with(|| Instant::now() + Duration::from_millis(u64::from(block_ms)))
+        };
         let mut refreshed = false;
         loop {
             let blocked = {
@@ -610,11 +660,11 @@ impl Producer {
             };
             match blocked {
                 Blocked::Metadata => {
-                    shared.refresh_metadata(record.topic, deadline).await?;
+                    shared.refresh_metadata(record.topic, deadline()).await?;
                     refreshed = true;
                 }
                 Blocked::Room(listener) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
+                    let left = deadline().saturating_duration_since(Instant::now());
                     if with_timeout(listener, left).await.is_none() {
                         return Err(ProduceError::BlockTimeout(block_ms));
                     }
@@ -672,7 +722,7 @@ impl Producer {
 impl State {
     fn new(seed: u64) -> State {
         State {
-            topics: HashMap::new(),
+            topics: HashMap::default(),
             lingering: VecDeque::new(),
             ready: VecDeque::new(),
             buffered_bytes: 0,
@@ -683,7 +733,8 @@ impl State {
         }
     }
 
-    /// Appends under the lock, or says what to wait for.
+    /// Appends under the lock, or says what to wait for. Appends to the
+    /// partition's open batch (sealing it first if the record would overflow it).
     fn try_append(
         &mut self,
         config: &ProducerConfig,
@@ -692,14 +743,22 @@ impl State {
         timestamp: i64,
         refreshed: bool,
     ) -> Result<Result<Appended, Blocked>, ProduceError> {
-        let state = self;
+        let State {
+            topics,
+            lingering,
+            ready,
+            buffered_bytes,
+            next_batch_id,
+            incomplete,
+            closing,
+            rng,
+        } = self;
         let size = record_size_bound(record);
-        if state.closing {
+        if *closing {
             return Err(ProduceError::Closed);
         }
-        let max_age = Duration::from_millis(u64::from(config.metadata_max_age_ms));
-        let retry_after = Duration::from_millis(u64::from(config.retry_backoff_ms));
-        let Some(topic) = state.topics.get(record.topic) else {
+        // The only topic-map lookup of the record.
+        let Some(topic) = topics.get_mut(record.topic) else {
             return Ok(Err(Blocked::Metadata));
         };
         if let Some(partition) = record.partition
@@ -715,48 +774,11 @@ impl State {
                 partitions: topic.partitions,
             });
         }
-        if state.buffered_bytes > 0 && state.buffered_bytes + size > config.buffer_memory {
+        if *buffered_bytes > 0 && *buffered_bytes + size > config.buffer_memory {
             let listener = room.listen();
             return Ok(Err(Blocked::Room(listener)));
         }
-        // Known topics are looked up again in the background: sends go on with
-        // what is known meanwhile (a node that is down must not stall them).
-        let mut refresh = None;
-        if let Some(topic) = state.topics.get_mut(record.topic) {
-            let age = topic.metadata_at.elapsed();
-            if !topic.refreshing && (age >= max_age || (topic.stale && age >= retry_after)) {
-                topic.refreshing = true;
-                refresh = Some(topic.name.clone());
-            }
-        }
-        let mut appended = state.append(config, record, timestamp)?;
-        appended.refresh = refresh;
-        Ok(Ok(appended))
-    }
-
-    /// Appends to the partition's open batch (sealing it first if the record would
-    /// overflow it).
-    fn append(
-        &mut self,
-        config: &ProducerConfig,
-        record: &ProducerRecordRef<'_>,
-        timestamp: i64,
-    ) -> Result<Appended, ProduceError> {
         let batch_size = u64::from(config.batch_size);
-        let size = record_size_bound(record);
-        let State {
-            topics,
-            lingering,
-            ready,
-            buffered_bytes,
-            next_batch_id,
-            incomplete,
-            rng,
-            ..
-        } = self;
-        let Some(topic) = topics.get_mut(record.topic) else {
-            return Err(ProduceError::UnknownTopic(record.topic.to_owned()));
-        };
         let mut sealed_any = false;
         let partition = match (record.partition, record.key) {
             (Some(p), _) => p,
@@ -784,6 +806,8 @@ impl State {
             });
         };
         let mut wake = sealed_any;
+        // When a batch was created by this call (the clock is read only then).
+        let mut created: Option<Instant> = None;
         let opts = BatchOptions {
             compression: config.compression,
             ..BatchOptions::default()
@@ -797,8 +821,10 @@ impl State {
                     // The sender may be sleeping with no deadline at all.
                     *wake = true;
                 }
+                let now = Instant::now();
+                created = Some(now);
                 lingering.push_back(LingerEntry {
-                    deadline: Instant::now() + Duration::from_millis(u64::from(config.linger_ms)),
+                    deadline: now + Duration::from_millis(u64::from(config.linger_ms)),
                     topic: topic.name.clone(),
                     partition,
                     id,
@@ -847,11 +873,24 @@ impl State {
             seal(topic, partition, ready);
             wake = true;
         }
-        Ok(Appended {
+        // Known topics are looked up again in the background: sends go on with
+        // what is known meanwhile (a node that is down must not stall them). The
+        // metadata's age is checked once per batch, when one is created.
+        let mut refresh = None;
+        if let Some(now) = created {
+            let max_age = Duration::from_millis(u64::from(config.metadata_max_age_ms));
+            let retry_after = Duration::from_millis(u64::from(config.retry_backoff_ms));
+            let age = now.saturating_duration_since(topic.metadata_at);
+            if !topic.refreshing && (age >= max_age || (topic.stale && age >= retry_after)) {
+                topic.refreshing = true;
+                refresh = Some(topic.name.clone());
+            }
+        }
+        Ok(Ok(Appended {
             future,
             wake,
-            refresh: None,
-        })
+            refresh,
+        }))
     }
 
     /// Seals the batches whose linger expired by `now`, or all with `everything`.
@@ -1405,8 +1444,15 @@ mod tests {
             t.stale = true;
             t.metadata_at = Instant::now() - Duration::from_secs(1);
         }
+        let same_batch = append(&mut state, &config, &record).expect("appends");
+        assert!(
+            same_batch.refresh.is_none(),
+            "the age is checked once per batch, when one is created"
+        );
+        state.seal_all();
         let first = append(&mut state, &config, &record).expect("appends without waiting");
         assert_eq!(first.refresh.as_deref(), Some("t"));
+        state.seal_all();
         let second = append(&mut state, &config, &record).expect("appends");
         assert!(second.refresh.is_none(), "one lookup at a time");
         state.set_partitions("t", 3);
