@@ -265,14 +265,31 @@ impl PartitionLog {
             }
             let (seg, rep): (Segment, RecoveryReport) = match clean {
                 Some(opened) => opened,
-                None => Segment::open(st, dir, base, &config, last, recover, now_ms)?,
+                None => match Segment::open(st, dir, base, &config, last, recover, now_ms) {
+                    Ok(opened) => opened,
+                    // Below the recovery point a segment should be whole; if it is not
+                    // (a disk that lied about a sync), recover it rather than refuse
+                    // to start.
+                    Err(SegmentError::Corrupt(reason)) if !recover => {
+                        warn(format_args!(
+                            "{}: {reason}; re-reading segment {base} batch by batch",
+                            dir.display()
+                        ));
+                        recover = true;
+                        Segment::open(st, dir, base, &config, last, true, now_ms)?
+                    }
+                    Err(e) => return Err(e.into()),
+                },
             };
             if recover {
                 recovered.push(base);
                 report.recovered_segments += 1;
                 report.recovered_batches += rep.batches;
                 report.truncated_bytes += rep.truncated_bytes;
-                if rep.truncated_bytes > 0 && !last {
+                // A cut segment breaks the chain unless the next segment starts right
+                // where it now ends: then only a torn tail past its data went.
+                let continuous = bases.get(i + 1) == Some(&seg.next_offset());
+                if rep.truncated_bytes > 0 && !last && !continuous {
                     warn(format_args!(
                         "{}: segment {base} had a corrupt batch; dropping the segments after it",
                         dir.display()

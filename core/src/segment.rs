@@ -381,6 +381,9 @@ impl Segment {
             let _ = self.log.set_len(position);
             let _ = self.offset_index.truncate_to(header.base_offset);
             let _ = self.time_index.truncate_to(header.base_offset);
+            // The file changed (written, then cut) since the last sync: the next sync
+            // must make the cut durable too, or a crash could bring the bytes back.
+            self.dirty = true;
             return Err(e);
         }
         self.dirty = true;

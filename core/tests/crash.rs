@@ -217,17 +217,17 @@ fn run_all(policy: Fsync, range: std::ops::Range<u64>) {
 
 #[test]
 fn fsync_always_loses_no_acknowledged_record() {
-    run_all(Fsync::Always, 0..60);
+    run_all(Fsync::Always, 0..300);
 }
 
 #[test]
 fn fsync_interval_loses_nothing_that_was_synced() {
-    run_all(Fsync::Interval, 1000..1060);
+    run_all(Fsync::Interval, 1000..1300);
 }
 
 #[test]
 fn fsync_never_keeps_what_rolls_synced() {
-    run_all(Fsync::Never, 2000..2060);
+    run_all(Fsync::Never, 2000..2300);
 }
 
 #[test]

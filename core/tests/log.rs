@@ -620,3 +620,26 @@ fn a_crash_mid_compaction_finishes_or_undoes_the_swap() {
         assert_eq!(l.log_end_offset(), end);
     }
 }
+
+#[test]
+fn a_torn_tail_below_the_recovery_point_is_cut_and_later_segments_stay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st: Arc<dyn Storage> = Arc::new(FsStorage);
+    let dir = tmp.path().join("t-0");
+    let mut log = PartitionLog::open(st.clone(), &dir, small(), 0).unwrap();
+    for i in 0..60 {
+        log.append(&mut numbered(&format!("r{i}"), 10, 3, i), -1, 0)
+            .unwrap();
+    }
+    assert!(log.segment_count() > 2);
+    log.close(0).unwrap();
+    // A disk that lied about a sync: bytes past the first segment's data.
+    let first = dir.join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes.extend_from_slice(&[0x5A; 77]);
+    std::fs::write(&first, &bytes).unwrap();
+    let log = PartitionLog::open(st, &dir, small(), 0).expect("opens, recovering that segment");
+    assert_eq!(log.open_report().truncated_bytes, 77);
+    assert_eq!(log.log_end_offset(), 600, "the segments after it stay");
+    assert_eq!(read_all(&log, 0, 600).len(), 600);
+}
