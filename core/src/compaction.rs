@@ -16,11 +16,10 @@
 //! either the old segment or the new one, never a mix.
 
 use std::collections::HashMap;
-use std::io;
 
 use crate::batch::{Batch, BatchBuilder, BatchOptions};
 use crate::layout::{FileState, SegmentFile};
-use crate::log::{LogError, PartitionLog};
+use crate::log::{LogError, PartitionLog, io_err};
 use crate::segment::Segment;
 use crate::storage::OpenMode;
 
@@ -39,10 +38,6 @@ pub struct CompactionReport {
 
 /// The largest decompressed batch compaction will decode.
 pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
-
-fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> LogError {
-    move |source| LogError::Io { op, source }
-}
 
 impl PartitionLog {
     /// The closed segments compaction may rewrite now (their bases, oldest first).
@@ -89,7 +84,7 @@ impl PartitionLog {
 
     /// Compacts the cleanable segments (see the module docs).
     pub fn compact(&mut self, now_ms: i64) -> Result<CompactionReport, LogError> {
-        self.check_writable_pub()?;
+        self.check_writable()?;
         let mut report = CompactionReport::default();
         if !self.config().cleanup_policy.compact {
             return Ok(report);

@@ -96,7 +96,7 @@ impl LogError {
     }
 }
 
-fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> LogError {
+pub(crate) fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> LogError {
     move |source| LogError::Io { op, source }
 }
 
@@ -446,7 +446,7 @@ impl PartitionLog {
         }
     }
 
-    fn check_writable(&self) -> Result<(), LogError> {
+    pub(crate) fn check_writable(&self) -> Result<(), LogError> {
         match &self.poisoned {
             Some(reason) => Err(LogError::Poisoned {
                 dir: self.dir.display().to_string(),
@@ -525,17 +525,7 @@ impl PartitionLog {
         let mut expected = self.log_end_offset();
         let mut pos = 0usize;
         while pos < batches.len() {
-            let total = header::peek_total_len(&batches[pos..]).ok_or(BatchError::Truncated {
-                needed: header::LOG_OVERHEAD as u64,
-                available: (batches.len() - pos) as u64,
-            })?;
-            let end = pos
-                .checked_add(total as usize)
-                .filter(|&e| e <= batches.len())
-                .ok_or(BatchError::Truncated {
-                    needed: total,
-                    available: (batches.len() - pos) as u64,
-                })?;
+            let end = pos + whole_batch_len(&batches[pos..])? as usize;
             let h = header::verify_crc(&batches[pos..end])?;
             if h.base_offset < expected {
                 return Err(LogError::NonContiguous {
@@ -1082,10 +1072,6 @@ impl PartitionLog {
     pub(crate) fn segments_mut(&mut self) -> &mut BTreeMap<u64, Segment> {
         &mut self.segments
     }
-
-    pub(crate) fn check_writable_pub(&self) -> Result<(), LogError> {
-        self.check_writable()
-    }
 }
 
 /// Proof that a produce request's batches passed [`validate_produce`].
@@ -1110,18 +1096,7 @@ pub fn validate_produce(batches: &[u8], max_message_bytes: u64) -> Result<Valida
         bytes: batches.len() as u64,
     };
     while pos < batches.len() {
-        let rest = (batches.len() - pos) as u64;
-        let total = header::peek_total_len(&batches[pos..]).ok_or(BatchError::Truncated {
-            needed: header::LOG_OVERHEAD as u64,
-            available: rest,
-        })?;
-        if total > rest {
-            return Err(BatchError::Truncated {
-                needed: total,
-                available: rest,
-            }
-            .into());
-        }
+        let total = whole_batch_len(&batches[pos..])?;
         if total > max_message_bytes {
             return Err(LogError::RecordTooLarge {
                 size: total,
@@ -1144,6 +1119,22 @@ pub fn validate_produce(batches: &[u8], max_message_bytes: u64) -> Result<Valida
         return Err(BatchError::Invalid("no record batch in the request").into());
     }
     Ok(v)
+}
+
+/// The length of the batch at the start of `rest`, checked to lie within `rest`.
+fn whole_batch_len(rest: &[u8]) -> Result<u64, BatchError> {
+    let available = rest.len() as u64;
+    let total = header::peek_total_len(rest).ok_or(BatchError::Truncated {
+        needed: header::LOG_OVERHEAD as u64,
+        available,
+    })?;
+    if total > available {
+        return Err(BatchError::Truncated {
+            needed: total,
+            available,
+        });
+    }
+    Ok(total)
 }
 
 /// Sets the LogAppendTime bit and timestamps and recomputes the CRC.
