@@ -47,6 +47,14 @@ fn storage_error(what: &str, e: impl std::fmt::Display) -> BrokerError {
 }
 
 impl Broker {
+    /// Publishes a topic's new state (after its metadata record is durable).
+    fn install_topic(&self, name: &str, topic: Topic) {
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), Arc::new(topic));
+    }
+
     /// Names of every user topic, sorted.
     pub fn list_topics(&self) -> Vec<String> {
         self.topics
@@ -143,17 +151,14 @@ impl Broker {
             .enumerate()
             .map(|(i, log)| Partition::start(name, i as u32, log, &self.rt))
             .collect();
-        self.topics
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                name.to_owned(),
-                Arc::new(Topic {
-                    state,
-                    log_config,
-                    partitions: parts,
-                }),
-            );
+        self.install_topic(
+            name,
+            Topic {
+                state,
+                log_config,
+                partitions: parts,
+            },
+        );
         info!("created topic {name} with {partitions} partition(s)");
         Ok(())
     }
@@ -323,17 +328,14 @@ impl Broker {
         for p in &topic.partitions {
             p.set_config(log_config.clone());
         }
-        self.topics
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                name.to_owned(),
-                Arc::new(Topic {
-                    state,
-                    log_config,
-                    partitions: topic.partitions.clone(),
-                }),
-            );
+        self.install_topic(
+            name,
+            Topic {
+                state,
+                log_config,
+                partitions: topic.partitions.clone(),
+            },
+        );
         info!("altered configs of topic {name}");
         Ok(())
     }
@@ -373,17 +375,14 @@ impl Broker {
         for (i, log) in logs.into_iter().enumerate() {
             partitions.push(Partition::start(name, current + i as u32, log, &self.rt));
         }
-        self.topics
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                name.to_owned(),
-                Arc::new(Topic {
-                    state,
-                    log_config: topic.log_config.clone(),
-                    partitions,
-                }),
-            );
+        self.install_topic(
+            name,
+            Topic {
+                state,
+                log_config: topic.log_config.clone(),
+                partitions,
+            },
+        );
         info!("topic {name} grew from {current} to {total} partitions");
         Ok(())
     }
