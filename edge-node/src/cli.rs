@@ -35,6 +35,8 @@ pub enum Command {
     Consume(crate::commands::consume::ConsumeArgs),
     /// Measure throughput and latency: `bench produce|consume|e2e`.
     Bench(crate::commands::bench::BenchArgs),
+    /// Cluster tools: the shared CA, status, leader elections.
+    Cluster(crate::commands::cluster::ClusterArgs),
 }
 
 /// Arguments of `eddy serve`.
@@ -104,6 +106,42 @@ pub struct ConfigOverrides {
     /// Overrides `tls-key`: PEM private key of the server.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Overrides `tls-ca`: PEM certificate of the cluster's shared CA.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Overrides `tls-ca-key`: PEM private key of the cluster's shared CA.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_key: Option<PathBuf>,
+    /// Overrides `controller-quorum-voters`: `id@host:port,...`.
+    #[arg(long, value_name = "ID@HOST:PORT,...", value_delimiter = ',')]
+    pub controller_quorum_voters: Option<Vec<String>>,
+    /// Overrides `controller-quorum-election-timeout-ms`.
+    #[arg(long, value_name = "MS")]
+    pub controller_quorum_election_timeout_ms: Option<u64>,
+    /// Overrides `broker-heartbeat-interval-ms`.
+    #[arg(long, value_name = "MS")]
+    pub broker_heartbeat_interval_ms: Option<u64>,
+    /// Overrides `broker-session-timeout-ms`.
+    #[arg(long, value_name = "MS")]
+    pub broker_session_timeout_ms: Option<u64>,
+    /// Overrides `replica-lag-time-max-ms`.
+    #[arg(long, value_name = "MS")]
+    pub replica_lag_time_max_ms: Option<u64>,
+    /// Overrides `num-replica-fetchers`.
+    #[arg(long, value_name = "N")]
+    pub num_replica_fetchers: Option<u32>,
+    /// Overrides `unclean-leader-election-enable`.
+    #[arg(long, value_name = "BOOL")]
+    pub unclean_leader_election_enable: Option<bool>,
+    /// Overrides `auto-leader-rebalance-enable`.
+    #[arg(long, value_name = "BOOL")]
+    pub auto_leader_rebalance_enable: Option<bool>,
+    /// Overrides `leader-imbalance-per-broker-percentage`.
+    #[arg(long, value_name = "PERCENT")]
+    pub leader_imbalance_per_broker_percentage: Option<u32>,
+    /// Overrides `leader-imbalance-check-interval-seconds`.
+    #[arg(long, value_name = "SECONDS")]
+    pub leader_imbalance_check_interval_seconds: Option<u64>,
 }
 
 impl ConfigOverrides {
@@ -150,6 +188,54 @@ impl ConfigOverrides {
         }
         if let Some(path) = &self.tls_key {
             config.tls_key = Some(path.clone());
+        }
+        if let Some(path) = &self.tls_ca {
+            config.tls_ca = Some(path.clone());
+        }
+        if let Some(path) = &self.tls_ca_key {
+            config.tls_ca_key = Some(path.clone());
+        }
+        if let Some(voters) = &self.controller_quorum_voters {
+            config.controller_quorum_voters.clone_from(voters);
+        }
+        let numbers = [
+            (
+                self.controller_quorum_election_timeout_ms,
+                &mut config.controller_quorum_election_timeout_ms,
+            ),
+            (
+                self.broker_heartbeat_interval_ms,
+                &mut config.broker_heartbeat_interval_ms,
+            ),
+            (
+                self.broker_session_timeout_ms,
+                &mut config.broker_session_timeout_ms,
+            ),
+            (
+                self.replica_lag_time_max_ms,
+                &mut config.replica_lag_time_max_ms,
+            ),
+            (
+                self.leader_imbalance_check_interval_seconds,
+                &mut config.leader_imbalance_check_interval_seconds,
+            ),
+        ];
+        for (flag, key) in numbers {
+            if let Some(value) = flag {
+                *key = value;
+            }
+        }
+        if let Some(n) = self.num_replica_fetchers {
+            config.num_replica_fetchers = n;
+        }
+        if let Some(enable) = self.unclean_leader_election_enable {
+            config.unclean_leader_election_enable = enable;
+        }
+        if let Some(enable) = self.auto_leader_rebalance_enable {
+            config.auto_leader_rebalance_enable = enable;
+        }
+        if let Some(p) = self.leader_imbalance_per_broker_percentage {
+            config.leader_imbalance_per_broker_percentage = p;
         }
     }
 }

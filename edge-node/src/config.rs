@@ -39,6 +39,54 @@ pub const MAX_REQUEST_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 pub const MAX_REQUEST_BYTES_MIN: u64 = 1024;
 /// Largest `max-request-bytes`: a batch length is an `i32`.
 pub const MAX_REQUEST_BYTES_MAX: u64 = i32::MAX as u64;
+/// Default for `broker-session-timeout-ms` (Kafka: 9000; tuned for a LAN so a
+/// dead leader is replaced within about two seconds).
+pub const BROKER_SESSION_TIMEOUT_MS_DEFAULT: u64 = 1500;
+/// Default for `broker-heartbeat-interval-ms` (Kafka: 2000).
+pub const BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 250;
+/// Default for `replica-lag-time-max-ms` (Kafka: 30000).
+pub const REPLICA_LAG_TIME_MAX_MS_DEFAULT: u64 = 10_000;
+/// Default for `controller-quorum-election-timeout-ms` (Kafka: 1000).
+pub const CONTROLLER_QUORUM_ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1000;
+/// Default for `leader-imbalance-per-broker-percentage` (Kafka's).
+pub const LEADER_IMBALANCE_PER_BROKER_PERCENTAGE_DEFAULT: u32 = 10;
+/// Default for `leader-imbalance-check-interval-seconds` (Kafka's).
+pub const LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS_DEFAULT: u64 = 300;
+/// Most voters in `controller-quorum-voters`.
+pub const VOTERS_MAX: usize = 64;
+/// Most replica fetcher tasks per source node (`num-replica-fetchers`).
+pub const NUM_REPLICA_FETCHERS_MAX: u32 = 16;
+
+/// One entry of `controller-quorum-voters`: `id@host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    /// The voter's `node-id`.
+    pub id: u32,
+    /// `host:port` of its QUIC listener (clients and peers share it).
+    pub address: String,
+}
+
+impl Voter {
+    /// Parses `id@host:port`.
+    pub fn parse(text: &str) -> Result<Voter, String> {
+        let Some((id, address)) = text.split_once('@') else {
+            return Err(format!("`{text}` is not id@host:port"));
+        };
+        let id: u32 = id
+            .parse()
+            .map_err(|_| format!("`{text}`: `{id}` is not a node id (0..{})", u32::MAX))?;
+        let port = address
+            .rsplit_once(':')
+            .and_then(|(host, port)| (!host.is_empty()).then_some(port))
+            .ok_or_else(|| format!("`{text}`: `{address}` is not host:port"))?;
+        port.parse::<u16>()
+            .map_err(|_| format!("`{text}`: `{port}` is not a port"))?;
+        Ok(Voter {
+            id,
+            address: address.to_owned(),
+        })
+    }
+}
 
 /// When appended data is forced to disk, node-wide: the `fsync` key.
 ///
@@ -99,6 +147,42 @@ pub struct NodeConfig {
     /// PEM private key for `tls-cert`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// PEM certificate of a CA shared by the nodes of a cluster. With
+    /// `tls-ca-key` (and no `tls-cert`) the node issues its own server
+    /// certificate from it; nodes trust it when they talk to each other.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM private key of `tls-ca`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_key: Option<PathBuf>,
+    /// The static metadata quorum, Kafka's `controller.quorum.voters`:
+    /// `["0@127.0.0.1:7878", "1@127.0.0.1:7879", ...]`. Empty: a single node
+    /// with its local metadata log.
+    pub controller_quorum_voters: Vec<String>,
+    /// Raft election timeout of the metadata quorum, in milliseconds.
+    pub controller_quorum_election_timeout_ms: u64,
+    /// How often a node tells the controller it is alive, in milliseconds.
+    pub broker_heartbeat_interval_ms: u64,
+    /// A node silent this long is fenced and loses its leaderships
+    /// (Kafka's `broker.session.timeout.ms`).
+    pub broker_session_timeout_ms: u64,
+    /// A follower that has not caught up for this long leaves the ISR
+    /// (Kafka's `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
+    /// Fetcher tasks per source node (Kafka's `num.replica.fetchers`).
+    pub num_replica_fetchers: u32,
+    /// Default of the topic config `unclean.leader.election.enable`.
+    pub unclean_leader_election_enable: bool,
+    /// Whether the controller moves leadership back to preferred replicas
+    /// (Kafka's `auto.leader.rebalance.enable`).
+    pub auto_leader_rebalance_enable: bool,
+    /// A node leading more than this share of partitions it does not
+    /// prefer triggers a rebalance (Kafka's
+    /// `leader.imbalance.per.broker.percentage`).
+    pub leader_imbalance_per_broker_percentage: u32,
+    /// How often the controller checks leader imbalance (Kafka's
+    /// `leader.imbalance.check.interval.seconds`).
+    pub leader_imbalance_check_interval_seconds: u64,
 }
 
 impl Default for NodeConfig {
@@ -118,6 +202,19 @@ impl Default for NodeConfig {
             worker_threads: 0,
             tls_cert: None,
             tls_key: None,
+            tls_ca: None,
+            tls_ca_key: None,
+            controller_quorum_voters: Vec::new(),
+            controller_quorum_election_timeout_ms: CONTROLLER_QUORUM_ELECTION_TIMEOUT_MS_DEFAULT,
+            broker_heartbeat_interval_ms: BROKER_HEARTBEAT_INTERVAL_MS_DEFAULT,
+            broker_session_timeout_ms: BROKER_SESSION_TIMEOUT_MS_DEFAULT,
+            replica_lag_time_max_ms: REPLICA_LAG_TIME_MAX_MS_DEFAULT,
+            num_replica_fetchers: 1,
+            unclean_leader_election_enable: false,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_per_broker_percentage: LEADER_IMBALANCE_PER_BROKER_PERCENTAGE_DEFAULT,
+            leader_imbalance_check_interval_seconds:
+                LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS_DEFAULT,
         }
     }
 }
@@ -208,6 +305,20 @@ impl NodeConfig {
                 "log-retention-check-interval-ms",
                 self.log_retention_check_interval_ms,
             ),
+            (
+                "controller-quorum-election-timeout-ms",
+                self.controller_quorum_election_timeout_ms,
+            ),
+            (
+                "broker-heartbeat-interval-ms",
+                self.broker_heartbeat_interval_ms,
+            ),
+            ("broker-session-timeout-ms", self.broker_session_timeout_ms),
+            ("replica-lag-time-max-ms", self.replica_lag_time_max_ms),
+            (
+                "leader-imbalance-check-interval-seconds",
+                self.leader_imbalance_check_interval_seconds,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -278,7 +389,68 @@ impl NodeConfig {
             }
             _ => {}
         }
+        if self.tls_ca_key.is_some() && self.tls_ca.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "tls-ca",
+                reason: "is missing: tls-ca-key needs its CA certificate in tls-ca".to_owned(),
+            });
+        }
+        if self.broker_session_timeout_ms <= self.broker_heartbeat_interval_ms {
+            return Err(ConfigError::Invalid {
+                key: "broker-session-timeout-ms",
+                reason: format!(
+                    "is {} but must be larger than broker-heartbeat-interval-ms ({})",
+                    self.broker_session_timeout_ms, self.broker_heartbeat_interval_ms
+                ),
+            });
+        }
+        if !(1..=NUM_REPLICA_FETCHERS_MAX).contains(&self.num_replica_fetchers) {
+            return Err(ConfigError::Invalid {
+                key: "num-replica-fetchers",
+                reason: format!("must be between 1 and {NUM_REPLICA_FETCHERS_MAX}"),
+            });
+        }
+        if self.leader_imbalance_per_broker_percentage > 100 {
+            return Err(ConfigError::Invalid {
+                key: "leader-imbalance-per-broker-percentage",
+                reason: "must be between 0 and 100".to_owned(),
+            });
+        }
+        self.voters()?;
         Ok(())
+    }
+
+    /// The parsed `controller-quorum-voters`, checked: at most
+    /// [`VOTERS_MAX`], ids unique, this node's `node-id` among them. Empty
+    /// for a single node.
+    pub fn voters(&self) -> Result<Vec<Voter>, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "controller-quorum-voters",
+            reason,
+        };
+        if self.controller_quorum_voters.len() > VOTERS_MAX {
+            return Err(invalid(format!("lists more than {VOTERS_MAX} voters")));
+        }
+        let mut voters: Vec<Voter> = Vec::with_capacity(self.controller_quorum_voters.len());
+        for text in &self.controller_quorum_voters {
+            let voter = Voter::parse(text).map_err(invalid)?;
+            if voters.iter().any(|v| v.id == voter.id) {
+                return Err(invalid(format!("lists node id {} twice", voter.id)));
+            }
+            voters.push(voter);
+        }
+        if !voters.is_empty() && !voters.iter().any(|v| v.id == self.node_id) {
+            return Err(invalid(format!(
+                "does not list this node's node-id {}; add \"{}@HOST:PORT\"",
+                self.node_id, self.node_id
+            )));
+        }
+        Ok(voters)
+    }
+
+    /// Whether this node is part of a cluster (`controller-quorum-voters` set).
+    pub fn is_clustered(&self) -> bool {
+        !self.controller_quorum_voters.is_empty()
     }
 
     /// Worker threads to start: `worker-threads`, or one per core when 0.
@@ -304,8 +476,12 @@ impl NodeConfig {
     /// node's fsync policy (which sets `flush.messages` / `flush.ms`), then
     /// `[topic-defaults]`.
     pub fn topic_log_config(&self) -> Result<LogConfig, ConfigError> {
+        let base = LogConfig {
+            unclean_leader_election_enable: self.unclean_leader_election_enable,
+            ..LogConfig::default()
+        };
         self.fsync_policy()
-            .apply(&LogConfig::default())
+            .apply(&base)
             .with_props(&self.topic_defaults)
             .map_err(ConfigError::TopicDefaults)
     }
@@ -374,6 +550,72 @@ mod tests {
         let file_keys: Vec<_> = file.keys().collect();
         let all_keys: Vec<_> = all.keys().collect();
         assert_eq!(file_keys, all_keys);
+    }
+
+    #[test]
+    fn voters_use_kafkas_format_and_name_this_node() {
+        let config = NodeConfig::from_toml(
+            "node-id = 1\ncontroller-quorum-voters = [\"0@127.0.0.1:7878\", \"1@localhost:7879\"]\n",
+            ConfigOrigin::BuiltIn,
+        )
+        .expect("parses");
+        config.validate().expect("valid");
+        let voters = config.voters().expect("voters parse");
+        assert_eq!(voters.len(), 2);
+        assert_eq!(voters[1].id, 1);
+        assert_eq!(voters[1].address, "localhost:7879");
+        assert!(config.is_clustered());
+
+        for (voters, needle) in [
+            ("[\"0@127.0.0.1:7878\", \"0@127.0.0.1:7879\"]", "twice"),
+            ("[\"x@127.0.0.1:7878\"]", "not a node id"),
+            ("[\"0@127.0.0.1\"]", "host:port"),
+            ("[\"0127.0.0.1:7878\"]", "id@host:port"),
+            ("[\"2@127.0.0.1:7878\"]", "node-id 0"),
+        ] {
+            let config = NodeConfig::from_toml(
+                &format!("controller-quorum-voters = {voters}"),
+                ConfigOrigin::BuiltIn,
+            )
+            .expect("parses");
+            let error = config.validate().expect_err("invalid voters");
+            assert!(error.to_string().contains(needle), "{voters}: {error}");
+            assert!(error.to_string().contains("controller-quorum-voters"));
+        }
+    }
+
+    #[test]
+    fn session_timeout_must_exceed_the_heartbeat() {
+        let config = NodeConfig {
+            broker_session_timeout_ms: 100,
+            broker_heartbeat_interval_ms: 100,
+            ..NodeConfig::default()
+        };
+        let error = config.validate().expect_err("invalid");
+        assert!(
+            error.to_string().contains("broker-session-timeout-ms"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn node_unclean_election_default_reaches_topics() {
+        let config = NodeConfig {
+            unclean_leader_election_enable: true,
+            ..NodeConfig::default()
+        };
+        assert!(
+            config
+                .topic_log_config()
+                .expect("valid")
+                .unclean_leader_election_enable
+        );
+        assert!(
+            !NodeConfig::default()
+                .topic_log_config()
+                .expect("valid")
+                .unclean_leader_election_enable
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Produce(args) => eddy_node::commands::produce::run(&args),
         Command::Consume(args) => eddy_node::commands::consume::run(&args),
         Command::Bench(args) => eddy_node::commands::bench::run(&args),
+        Command::Cluster(args) => eddy_node::commands::cluster::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

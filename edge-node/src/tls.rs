@@ -112,8 +112,64 @@ pub fn load_or_create(config: &NodeConfig) -> Result<Identity, TlsError> {
             info!("TLS certificate {} (key {})", cert.display(), key.display());
             Ok(identity)
         }
-        _ => generated(&config.data_dir.join(TLS_DIR), config.listen.ip()),
+        _ => match (&config.tls_ca, &config.tls_ca_key) {
+            (Some(ca), Some(ca_key)) => issued_by_shared_ca(
+                &config.data_dir.join(TLS_DIR),
+                config.listen.ip(),
+                ca,
+                ca_key,
+            ),
+            _ => generated(&config.data_dir.join(TLS_DIR), config.listen.ip()),
+        },
     }
+}
+
+/// The CA file a node trusts when it talks to the other nodes of its
+/// cluster: `tls-ca`, else the CA it made itself.
+pub fn peer_trust_file(config: &NodeConfig) -> PathBuf {
+    match &config.tls_ca {
+        Some(ca) => ca.clone(),
+        None => config.data_dir.join(TLS_DIR).join(CA_CERT_FILE),
+    }
+}
+
+/// Makes a CA (certificate and key PEM files) that the nodes of one cluster
+/// share as `tls-ca` / `tls-ca-key`.
+pub fn create_shared_ca(cert: &Path, key: &Path) -> Result<(), TlsError> {
+    let pair = KeyPair::generate()?;
+    let issued = ca_params()?.self_signed(&pair)?;
+    write_private(key, pair.serialize_pem().as_bytes())?;
+    write_public(cert, issued.pem().as_bytes())?;
+    Ok(())
+}
+
+/// A server certificate issued on every start by the cluster's shared CA
+/// (`tls-ca`, `tls-ca-key`); cheap, and never stale when the CA changes.
+fn issued_by_shared_ca(
+    dir: &Path,
+    listen: IpAddr,
+    ca_cert: &Path,
+    ca_key: &Path,
+) -> Result<Identity, TlsError> {
+    std::fs::create_dir_all(dir).map_err(|error| TlsError::Write {
+        path: dir.to_path_buf(),
+        error,
+    })?;
+    let key = KeyPair::from_pem(&read_text(ca_key)?).map_err(|e| TlsError::Pem {
+        path: ca_key.to_path_buf(),
+        reason: format!("not a usable CA key ({e}); check tls-ca-key"),
+    })?;
+    // The issuer is rebuilt from the CA's key and the fixed CA name, so
+    // tls-ca must be a CA made by `eddy cluster init-ca` (same name).
+    if read_chain(ca_cert)?.is_empty() {
+        return Err(TlsError::Pem {
+            path: ca_cert.to_path_buf(),
+            reason: "holds no certificate; check tls-ca".to_owned(),
+        });
+    }
+    let issuer = Issuer::new(ca_params()?, key);
+    let identity = issue_server(dir, listen, &issuer, ca_cert.to_path_buf())?;
+    Ok(identity)
 }
 
 /// The names a generated server certificate carries.
@@ -212,6 +268,20 @@ fn generated(dir: &Path, listen: IpAddr) -> Result<Identity, TlsError> {
         Issuer::new(params, key)
     };
 
+    issue_server(dir, listen, &issuer, ca_cert)
+}
+
+/// Issues a server certificate for `listen` (and the loopback names) signed
+/// by `issuer`, and writes it and its key to `dir`.
+fn issue_server(
+    dir: &Path,
+    listen: IpAddr,
+    issuer: &Issuer<'_, KeyPair>,
+    ca_cert: PathBuf,
+) -> Result<Identity, TlsError> {
+    let server_cert = dir.join(SERVER_CERT_FILE);
+    let server_key = dir.join(SERVER_KEY_FILE);
+    let names = subject_alt_names(listen);
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names.clone())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -222,7 +292,7 @@ fn generated(dir: &Path, listen: IpAddr) -> Result<Identity, TlsError> {
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
-    let cert = params.signed_by(&key, &issuer)?;
+    let cert = params.signed_by(&key, issuer)?;
     write_private(&server_key, key.serialize_pem().as_bytes())?;
     write_public(&server_cert, cert.pem().as_bytes())?;
     sync_dir(dir)?;
@@ -420,6 +490,44 @@ mod tests {
             ca_before
         );
         server_config(moved).expect("rustls accepts it");
+    }
+
+    #[test]
+    fn nodes_sharing_a_ca_get_certificates_it_verifies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+        create_shared_ca(&ca, &ca_key).expect("make CA");
+        for node in ["a", "b"] {
+            let mut cfg = config(&dir.path().join(node), "127.0.0.1:0");
+            cfg.tls_ca = Some(ca.clone());
+            cfg.tls_ca_key = Some(ca_key.clone());
+            let identity = load_or_create(&cfg).expect("issue");
+            assert_eq!(identity.ca_file.as_deref(), Some(ca.as_path()));
+            assert_eq!(peer_trust_file(&cfg), ca);
+            verify_with(&ca, &identity);
+        }
+    }
+
+    fn verify_with(ca_file: &Path, identity: &Identity) {
+        let ca = read_chain(ca_file).expect("ca");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca[0].clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("verifier");
+        let server_name =
+            rustls_pki_types::ServerName::try_from("127.0.0.1".to_owned()).expect("name");
+        rustls::client::danger::ServerCertVerifier::verify_server_cert(
+            &*verifier,
+            &identity.chain[0],
+            &[],
+            &server_name,
+            &[],
+            rustls_pki_types::UnixTime::now(),
+        )
+        .expect("verifies against the shared CA");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `error: …` and exits non-zero.
 
 pub mod bench;
+pub mod cluster;
 pub mod consume;
 pub mod format;
 pub mod produce;
