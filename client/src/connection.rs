@@ -1022,6 +1022,35 @@ async fn write_request(
     }
 }
 
+/// Reads the rest of a stream into one buffer, like quinn's
+/// `RecvStream::read_to_end`, but in order and without first zero-filling a
+/// buffer and copying every chunk into it: each chunk is appended once.
+///
+/// `size_limit` bounds the bytes kept; a longer stream fails with
+/// [`quinn::ReadToEndError::TooLong`] as soon as the limit is passed, before
+/// more is buffered.
+pub async fn read_to_end(
+    recv: &mut quinn::RecvStream,
+    size_limit: usize,
+) -> Result<Vec<u8>, quinn::ReadToEndError> {
+    const FIRST_CAPACITY: usize = 64 * 1024;
+    let mut out: Vec<u8> = Vec::new();
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+        let len = out.len().saturating_add(chunk.bytes.len());
+        if len > size_limit {
+            return Err(quinn::ReadToEndError::TooLong);
+        }
+        if out.capacity() < len {
+            let wanted = len
+                .max(FIRST_CAPACITY.min(size_limit))
+                .max(out.capacity() * 2);
+            out.reserve_exact(wanted.min(size_limit) - out.len());
+        }
+        out.extend_from_slice(&chunk.bytes);
+    }
+    Ok(out)
+}
+
 async fn read_response(
     recv: &mut quinn::RecvStream,
     request: &'static str,
@@ -1051,7 +1080,7 @@ async fn read_response(
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(read_error)?;
     let header: ResponseHeader = decode_header(&body).map_err(|e| protocol(e.to_string()))?;
-    let payload = match recv.read_to_end(payload_bytes_max).await {
+    let payload = match read_to_end(recv, payload_bytes_max).await {
         Ok(payload) => payload,
         Err(quinn::ReadToEndError::TooLong) => {
             return Err(protocol(format!(

@@ -428,7 +428,7 @@ async fn read_request(
         _ => 0,
     };
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    let payload = match recv.read_to_end(limit_usize).await {
+    let payload = match eddy_client::connection::read_to_end(recv, limit_usize).await {
         Ok(payload) => payload,
         Err(quinn::ReadToEndError::TooLong) => {
             let message = if limit == 0 {
