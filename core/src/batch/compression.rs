@@ -54,6 +54,57 @@ pub fn compress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, BatchError> 
     }
 }
 
+/// Rewrites one whole batch so its records section uses `codec` (Kafka's
+/// topic-level `compression.type`, when it is not `producer`).
+///
+/// The records section is the same bytes whatever the codec, so records are
+/// not re-encoded: the section is decompressed (at most
+/// `decompressed_bytes_max` bytes), compressed again, and the header gets the
+/// new codec bits, length and CRC. Every other header field (offsets,
+/// timestamps, producer id, epoch, sequence, leader epoch) is kept. The CRC of
+/// `batch` is checked first, so a corrupt batch is never given a fresh, valid
+/// CRC. A batch already in `codec` comes back unchanged.
+pub fn recompress(
+    batch: &[u8],
+    codec: Compression,
+    decompressed_bytes_max: usize,
+) -> Result<Vec<u8>, BatchError> {
+    use super::header::{self, CRC_START, HEADER_LEN, LOG_OVERHEAD};
+
+    let h = header::verify_crc(batch)?;
+    let current = h.attributes.compression()?;
+    if current == codec {
+        return Ok(batch.to_vec());
+    }
+    if h.attributes.is_control() {
+        return Err(BatchError::Invalid("control batches are never compressed"));
+    }
+    let section = &batch[HEADER_LEN..];
+    let plain = match current {
+        Compression::None => std::borrow::Cow::Borrowed(section),
+        other => std::borrow::Cow::Owned(decompress(other, section, decompressed_bytes_max)?),
+    };
+    let packed = compress(codec, &plain)?;
+    let total = HEADER_LEN + packed.len();
+    let batch_length = u32::try_from(total - LOG_OVERHEAD)
+        .ok()
+        .filter(|len| *len <= i32::MAX as u32)
+        .ok_or(BatchError::TooLarge {
+            what: "batch",
+            actual: total as u64,
+            limit: i32::MAX as u64,
+        })?;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&batch[..HEADER_LEN]);
+    out.extend_from_slice(&packed);
+    let attributes = h.attributes.with_compression(codec);
+    out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    out[21..23].copy_from_slice(&attributes.0.to_be_bytes());
+    let crc = header::crc32c_of(&out[CRC_START..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(out)
+}
+
 /// Decompresses `data` (a batch's records section) compressed with `codec`, failing
 /// with [`BatchError::TooLarge`] as soon as the output would exceed
 /// `decompressed_bytes_max`.
@@ -211,6 +262,85 @@ mod tests {
         assert_eq!(&c[..4], &[0x04, 0x22, 0x4d, 0x18]);
         assert_eq!(c[4], 0b0110_0000);
         assert_eq!(c[5], 0x40);
+    }
+
+    fn sample_batch(codec: Compression) -> Vec<u8> {
+        use crate::batch::{BatchBuilder, BatchOptions, RecordHeader};
+        let mut b = BatchBuilder::new(BatchOptions {
+            base_offset: 7,
+            compression: codec,
+            producer_id: 42,
+            producer_epoch: 3,
+            base_sequence: 11,
+            ..BatchOptions::default()
+        });
+        for i in 0..50u32 {
+            let key = format!("sensor-{}", i % 5);
+            let value = format!("{{\"reading\": {i}, \"unit\": \"C\"}}");
+            let headers = [RecordHeader::new("source", Some(b"line-3"))];
+            b.push(
+                1_700_000_000_000 + i64::from(i),
+                Some(key.as_bytes()),
+                Some(value.as_bytes()),
+                &headers,
+            )
+            .unwrap();
+        }
+        b.build().unwrap()
+    }
+
+    #[test]
+    fn recompress_changes_only_the_codec() {
+        use crate::batch::{Batch, header};
+        let codecs = [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Lz4,
+            Compression::Zstd,
+        ];
+        for from in codecs {
+            let original = sample_batch(from);
+            let (orig, _) = Batch::parse(&original).unwrap();
+            let want = orig.records(1 << 20).unwrap();
+            for to in codecs {
+                let out = recompress(&original, to, 1 << 20).unwrap();
+                let h = header::verify_crc(&out).unwrap();
+                assert_eq!(
+                    h.attributes.compression().unwrap(),
+                    to,
+                    "{from:?} -> {to:?}"
+                );
+                assert_eq!(h.base_offset, orig.header.base_offset);
+                assert_eq!(h.base_timestamp, orig.header.base_timestamp);
+                assert_eq!(h.max_timestamp, orig.header.max_timestamp);
+                assert_eq!(h.producer_id, 42);
+                assert_eq!(h.producer_epoch, 3);
+                assert_eq!(h.base_sequence, 11);
+                assert_eq!(h.record_count, orig.header.record_count);
+                let (back, rest) = Batch::parse(&out).unwrap();
+                assert!(rest.is_empty());
+                assert_eq!(back.records(1 << 20).unwrap(), want, "{from:?} -> {to:?}");
+                if from == to {
+                    assert_eq!(out, original);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn recompress_refuses_corrupt_batches_and_bombs() {
+        let mut bad = sample_batch(Compression::None);
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        assert!(matches!(
+            recompress(&bad, Compression::Zstd, 1 << 20),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+        let zstd = sample_batch(Compression::Zstd);
+        assert!(matches!(
+            recompress(&zstd, Compression::Lz4, 16),
+            Err(BatchError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -134,6 +134,11 @@ impl Attributes {
         }
     }
 
+    /// Returns these attributes with bits 0–2 naming `codec`.
+    pub fn with_compression(self, codec: Compression) -> Self {
+        Attributes((self.0 & !Self::COMPRESSION_MASK) | u16::from(codec.id()))
+    }
+
     /// Returns these attributes with bit 3 set to `timestamp_type`.
     pub fn with_timestamp_type(self, timestamp_type: TimestampType) -> Self {
         match timestamp_type {

@@ -403,12 +403,27 @@ impl Broker {
             .cloned()
             .ok_or_else(|| unknown_partition(topic, index, t.partitions.len()))?;
         let max_message_bytes = t.log_config.max_message_bytes;
+        let compression_type = t.log_config.compression_type;
         drop(t);
         check_codecs(topic, index, &batches)?;
         // The CRC pass runs here, on the request's task, so appends to one
         // partition hold its lock only to write.
-        let checked = validate_produce(&batches, max_message_bytes)
+        let mut checked = validate_produce(&batches, max_message_bytes)
             .map_err(|e| partition::append_error(topic, index, e))?;
+        let batches = match compression_type {
+            Some(codec) => match recompress_batches(&batches, codec)
+                .map_err(|e| partition::append_error(topic, index, e.into()))?
+            {
+                Some(rewritten) => {
+                    // Kafka checks `max.message.bytes` against the batch as stored.
+                    checked = validate_produce(&rewritten, max_message_bytes)
+                        .map_err(|e| partition::append_error(topic, index, e))?;
+                    rewritten
+                }
+                None => batches,
+            },
+            None => batches,
+        };
         let append = p.append(batches, checked);
         let result = if acks == Acks::All && timeout_ms > 0 {
             let timeout = async {
@@ -740,6 +755,37 @@ fn read_error(topic: &str, partition: u32, e: LogError) -> BrokerError {
 
 /// Rejects batches whose compression codec the node cannot serve (Kafka
 /// checks this too). One header parse per batch, no per-record work.
+/// Applies a topic's `compression.type` (other than `producer`): every batch
+/// not already in `codec` is recompressed. `None` when nothing needed it, so
+/// the producer's bytes are appended as they came. `batches` has passed
+/// [`validate_produce`].
+fn recompress_batches(
+    batches: &[u8],
+    codec: Compression,
+) -> Result<Option<Vec<u8>>, eddy_core::batch::BatchError> {
+    let mut parts = Vec::new();
+    let mut any = false;
+    for batch in eddy_core::batch::BatchIter::new(batches) {
+        let batch = batch?;
+        if batch.compression()? == codec {
+            parts.push(std::borrow::Cow::Borrowed(batch.bytes));
+        } else {
+            any = true;
+            parts.push(std::borrow::Cow::Owned(
+                eddy_core::batch::compression::recompress(
+                    batch.bytes,
+                    codec,
+                    DECOMPRESSED_BATCH_BYTES_MAX,
+                )?,
+            ));
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    Ok(Some(parts.concat()))
+}
+
 fn check_codecs(topic: &str, partition: u32, batches: &[u8]) -> Result<(), BrokerError> {
     let mut pos = 0usize;
     while pos < batches.len() {

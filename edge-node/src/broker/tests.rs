@@ -620,3 +620,55 @@ fn a_clean_shutdown_needs_no_recovery_and_keeps_every_record() {
     }
     rt.block_on(broker.shutdown()).expect("shutdown");
 }
+
+#[test]
+fn a_topic_compression_type_recompresses_what_producers_send() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Runtime::start(2).expect("runtime");
+    let broker = open(&rt, &node(dir.path()));
+    rt.block_on(async {
+        broker
+            .create_topic("z", 1, 1, vec![("compression.type".into(), "zstd".into())])
+            .await
+            .expect("create");
+        broker
+            .create_topic("p", 1, 1, vec![])
+            .await
+            .expect("create");
+        let value = b"a reading that repeats, a reading that repeats".to_vec();
+        let lz4 = {
+            let mut b = BatchBuilder::new(BatchOptions {
+                compression: Compression::Lz4,
+                ..BatchOptions::default()
+            });
+            for _ in 0..20 {
+                b.push(now_ms(), None, Some(&value), &[]).expect("push");
+            }
+            b.build().expect("build")
+        };
+        let mut two = batch(&[(None, b"plain")]);
+        two.extend_from_slice(&lz4);
+        for topic in ["z", "p"] {
+            broker
+                .produce(topic, Some(0), Acks::Leader, 0, two.clone())
+                .await
+                .expect("produce");
+        }
+        let codecs = |bytes: &[u8]| -> Vec<Compression> {
+            BatchIter::new(bytes)
+                .map(|b| b.expect("batch").compression().expect("codec"))
+                .collect()
+        };
+        let z = broker.fetch("z", 0, 0, 1 << 20, 1, 0).await.expect("fetch");
+        let p = broker.fetch("p", 0, 0, 1 << 20, 1, 0).await.expect("fetch");
+        // compression.type=zstd rewrote both batches; `producer` kept them.
+        assert_eq!(codecs(&z.batches), vec![Compression::Zstd; 2]);
+        assert_eq!(
+            codecs(&p.batches),
+            vec![Compression::None, Compression::Lz4]
+        );
+        assert_eq!(values(&z.batches), values(&p.batches));
+        assert_eq!(values(&z.batches).len(), 21);
+        broker.shutdown().await.expect("shutdown");
+    });
+}
