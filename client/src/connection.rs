@@ -305,6 +305,7 @@ pub fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::InvalidRequest => "InvalidRequest",
         ErrorCode::KafkaStorageError => "KafkaStorageError",
         ErrorCode::ShuttingDown => "ShuttingDown",
+        ErrorCode::ThrottlingQuotaExceeded => "ThrottlingQuotaExceeded",
         // `ErrorCode` is non-exhaustive: codes added later still print their number.
         #[allow(unreachable_patterns)]
         _ => "Error",

@@ -304,6 +304,8 @@ pub enum ErrorCode {
     KafkaStorageError,
     /// 1000: the node is shutting down.
     ShuttingDown,
+    /// 89: the node's memory budget for payloads stayed full; retry later.
+    ThrottlingQuotaExceeded,
 }
 
 impl ErrorCode {
@@ -327,6 +329,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => 42,
             ErrorCode::KafkaStorageError => 56,
             ErrorCode::ShuttingDown => 1000,
+            ErrorCode::ThrottlingQuotaExceeded => 89,
         }
     }
 
@@ -339,6 +342,7 @@ impl ErrorCode {
                 | ErrorCode::NotEnoughReplicas
                 | ErrorCode::KafkaStorageError
                 | ErrorCode::ShuttingDown
+                | ErrorCode::ThrottlingQuotaExceeded
         )
     }
 }

@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node until SIGINT or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the version and exit.
     Version,
     /// Create, list, describe, alter or delete topics.
@@ -43,8 +43,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Config file (TOML); without it the built-in defaults are used.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "board")]
     pub config: Option<PathBuf>,
+    /// A board profile compiled into the binary (`rpi4`, `rpi-zero2w`,
+    /// `generic-arm64-musl`, `x86_64-gateway`), used as the config file.
+    #[arg(long, value_name = "NAME")]
+    pub board: Option<String>,
     /// Flags that override keys of the config file.
     #[command(flatten)]
     pub overrides: ConfigOverrides,
@@ -54,7 +58,10 @@ impl ServeArgs {
     /// The config the node runs with: the file (or the built-in defaults),
     /// then the flags on top, then the checks.
     pub fn effective_config(&self) -> Result<NodeConfig, ConfigError> {
-        let mut config = NodeConfig::load(self.config.as_deref())?;
+        let mut config = match &self.board {
+            Some(name) => crate::boards::load(name)?,
+            None => NodeConfig::load(self.config.as_deref())?,
+        };
         self.overrides.apply(&mut config);
         config.validate()?;
         Ok(config)
@@ -100,6 +107,15 @@ pub struct ConfigOverrides {
     /// Overrides `worker-threads` (0 = one per core).
     #[arg(long, value_name = "N")]
     pub worker_threads: Option<u32>,
+    /// Overrides `queued-max-request-bytes` (0 = derived).
+    #[arg(long, value_name = "BYTES")]
+    pub queued_max_request_bytes: Option<u64>,
+    /// Overrides `queued-max-response-bytes` (0 = derived).
+    #[arg(long, value_name = "BYTES")]
+    pub queued_max_response_bytes: Option<u64>,
+    /// Overrides `fetch-max-bytes`.
+    #[arg(long, value_name = "BYTES")]
+    pub fetch_max_bytes: Option<u64>,
     /// Overrides `tls-cert`: PEM certificate chain of the server.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -183,6 +199,15 @@ impl ConfigOverrides {
         if let Some(n) = self.worker_threads {
             config.worker_threads = n;
         }
+        if let Some(bytes) = self.queued_max_request_bytes {
+            config.queued_max_request_bytes = bytes;
+        }
+        if let Some(bytes) = self.queued_max_response_bytes {
+            config.queued_max_response_bytes = bytes;
+        }
+        if let Some(bytes) = self.fetch_max_bytes {
+            config.fetch_max_bytes = bytes;
+        }
         if let Some(path) = &self.tls_cert {
             config.tls_cert = Some(path.clone());
         }
@@ -256,7 +281,7 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("eddy").chain(args.iter().copied()))
             .expect("arguments parse");
         match cli.command {
-            Command::Serve(args) => args,
+            Command::Serve(args) => *args,
             _ => panic!("expected serve"),
         }
     }

@@ -88,6 +88,56 @@ impl Voter {
     }
 }
 
+/// `queued-max-request-bytes` when it is 0 and no `[board]` sets a budget.
+pub const QUEUED_MAX_REQUEST_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+/// `queued-max-response-bytes` when it is 0 and no `[board]` sets a budget.
+pub const QUEUED_MAX_RESPONSE_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+/// Default for `fetch-max-bytes` (Kafka's broker default `fetch.max.bytes`
+/// is 55 MiB; an edge node answers in smaller pieces).
+pub const FETCH_MAX_BYTES_DEFAULT: u64 = 8 * 1024 * 1024;
+/// Smallest `fetch-max-bytes`.
+pub const FETCH_MAX_BYTES_MIN: u64 = 1024;
+/// Share of a board's `memory-budget-mb` that produce payloads may hold
+/// (1/4), and fetch responses (1/8); the rest is the program, the page
+/// tables of mapped indexes, QUIC buffers and the plugins.
+pub const BOARD_REQUEST_SHARE_DIVISOR: u64 = 4;
+/// See [`BOARD_REQUEST_SHARE_DIVISOR`].
+pub const BOARD_RESPONSE_SHARE_DIVISOR: u64 = 8;
+/// Smallest QUIC window per connection on a board (see
+/// [`NodeConfig::connection_window_bytes`]).
+pub const CONNECTION_WINDOW_BYTES_MIN: u64 = 128 * 1024;
+/// Smallest `memory-budget-mb` a board may declare.
+pub const BOARD_MEMORY_BUDGET_MB_MIN: u64 = 32;
+/// Target triples a board may name: the ones `cargo xtask image` builds.
+pub const BOARD_TARGETS: &[&str] = &[
+    "aarch64-unknown-linux-gnu",
+    "aarch64-unknown-linux-musl",
+    "armv7-unknown-linux-gnueabihf",
+    "armv7-unknown-linux-musleabihf",
+    "x86_64-unknown-linux-gnu",
+    "x86_64-unknown-linux-musl",
+];
+/// The target triple this binary was built for.
+pub const BUILD_TARGET: &str = env!("EDDY_BUILD_TARGET");
+
+/// The `[board]` table: which device a config is for. Board profiles
+/// (`boards/<name>.toml`, `eddy serve --board NAME`) carry one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BoardConfig {
+    /// Short name, as in `eddy serve --board NAME`.
+    pub name: String,
+    /// Rust target triple of the board's `eddy` binary.
+    pub target: String,
+    /// Memory the node may use on this board, in MiB. The payload budgets
+    /// (`queued-max-request-bytes`, `queued-max-response-bytes`) are derived
+    /// from it unless set.
+    pub memory_budget_mb: u64,
+    /// What the board is, for people.
+    #[serde(default)]
+    pub description: String,
+}
+
 /// When appended data is forced to disk, node-wide: the `fsync` key.
 ///
 /// Together with `fsync-interval-ms` it becomes the core's
@@ -140,6 +190,20 @@ pub struct NodeConfig {
     /// Threads running the node's executor; 0 means one per core (at most
     /// [`crate::runtime::WORKER_THREADS_MAX`]).
     pub worker_threads: u32,
+    /// Produce payloads held in memory at once, across all connections, in
+    /// bytes (Kafka's `queued.max.request.bytes`); further requests wait. 0:
+    /// a quarter of the board's `memory-budget-mb`, or 256 MiB without a
+    /// board.
+    pub queued_max_request_bytes: u64,
+    /// Fetch responses held in memory at once, in bytes. 0: an eighth of the
+    /// board's `memory-budget-mb`, or 128 MiB without a board.
+    pub queued_max_response_bytes: u64,
+    /// Largest fetch response, in bytes (Kafka's `fetch.max.bytes`); a
+    /// consumer asking for more gets this much.
+    pub fetch_max_bytes: u64,
+    /// The board this config is for, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub board: Option<BoardConfig>,
     /// PEM certificate chain of the server. With `tls-key`; without both the
     /// node makes its own CA and certificate under `<data-dir>/tls/`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -200,6 +264,10 @@ impl Default for NodeConfig {
             max_streams_per_connection: MAX_STREAMS_PER_CONNECTION_DEFAULT,
             max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
             worker_threads: 0,
+            queued_max_request_bytes: 0,
+            queued_max_response_bytes: 0,
+            fetch_max_bytes: FETCH_MAX_BYTES_DEFAULT,
+            board: None,
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
@@ -226,6 +294,8 @@ pub enum ConfigOrigin {
     BuiltIn,
     /// A file named with `--config`.
     File(PathBuf),
+    /// A board profile compiled into the binary (`--board NAME`).
+    Board(String),
 }
 
 impl fmt::Display for ConfigOrigin {
@@ -233,6 +303,7 @@ impl fmt::Display for ConfigOrigin {
         match self {
             ConfigOrigin::BuiltIn => f.write_str("built-in default config"),
             ConfigOrigin::File(path) => write!(f, "config file {}", path.display()),
+            ConfigOrigin::Board(name) => write!(f, "board profile {name}"),
         }
     }
 }
@@ -373,6 +444,41 @@ impl NodeConfig {
                 ),
             });
         }
+        if let Some(board) = &self.board {
+            board.validate()?;
+        }
+        if self.fetch_max_bytes < FETCH_MAX_BYTES_MIN {
+            return Err(ConfigError::Invalid {
+                key: "fetch-max-bytes",
+                reason: format!(
+                    "is {}; it must be at least {FETCH_MAX_BYTES_MIN}",
+                    self.fetch_max_bytes
+                ),
+            });
+        }
+        let queued = self.queued_request_bytes();
+        if queued < self.max_request_bytes {
+            return Err(ConfigError::Invalid {
+                key: "queued-max-request-bytes",
+                reason: format!(
+                    "is {queued} (effective) but max-request-bytes is {}: one request must \
+                     fit; raise queued-max-request-bytes (or the board's memory-budget-mb) \
+                     or lower max-request-bytes",
+                    self.max_request_bytes
+                ),
+            });
+        }
+        let responses = self.queued_response_bytes();
+        if responses < self.fetch_max_bytes {
+            return Err(ConfigError::Invalid {
+                key: "queued-max-response-bytes",
+                reason: format!(
+                    "is {responses} (effective) but fetch-max-bytes is {}: one response \
+                     must fit; raise queued-max-response-bytes or lower fetch-max-bytes",
+                    self.fetch_max_bytes
+                ),
+            });
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => {
                 return Err(ConfigError::Invalid {
@@ -453,6 +559,37 @@ impl NodeConfig {
         !self.controller_quorum_voters.is_empty()
     }
 
+    /// The effective `queued-max-request-bytes`: the key, or derived from the
+    /// board's memory budget (or the default) when it is 0.
+    pub fn queued_request_bytes(&self) -> u64 {
+        match (self.queued_max_request_bytes, &self.board) {
+            (0, Some(board)) => board.memory_budget_bytes() / BOARD_REQUEST_SHARE_DIVISOR,
+            (0, None) => QUEUED_MAX_REQUEST_BYTES_DEFAULT,
+            (n, _) => n,
+        }
+    }
+
+    /// The effective `queued-max-response-bytes` (see
+    /// [`NodeConfig::queued_request_bytes`]).
+    pub fn queued_response_bytes(&self) -> u64 {
+        match (self.queued_max_response_bytes, &self.board) {
+            (0, Some(board)) => board.memory_budget_bytes() / BOARD_RESPONSE_SHARE_DIVISOR,
+            (0, None) => QUEUED_MAX_RESPONSE_BYTES_DEFAULT,
+            (n, _) => n,
+        }
+    }
+
+    /// With a `[board]`: the QUIC flow-control window of each connection, each
+    /// way, so that `max-connections` full windows in both directions take at
+    /// most `queued-max-request-bytes` (at least
+    /// [`CONNECTION_WINDOW_BYTES_MIN`]). `None` without a board: the
+    /// throughput-first defaults.
+    pub fn connection_window_bytes(&self) -> Option<u64> {
+        self.board.as_ref()?;
+        let share = self.queued_request_bytes() / (2 * u64::from(self.max_connections.max(1)));
+        Some(share.max(CONNECTION_WINDOW_BYTES_MIN))
+    }
+
     /// Worker threads to start: `worker-threads`, or one per core when 0.
     pub fn worker_thread_count(&self) -> usize {
         match self.worker_threads {
@@ -491,6 +628,56 @@ impl NodeConfig {
     /// Fails only if `data-dir` is not valid UTF-8.
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string(self)
+    }
+}
+
+impl BoardConfig {
+    /// The memory budget in bytes.
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.memory_budget_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// Whether this binary was built for the board's target.
+    pub fn matches_build(&self) -> bool {
+        self.target == BUILD_TARGET
+    }
+
+    /// Checks the name, the target triple and the budget.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(ConfigError::Invalid {
+                key: "board.name",
+                reason: format!(
+                    "is `{}`; use lowercase letters, digits, `-` and `_`",
+                    self.name
+                ),
+            });
+        }
+        if !BOARD_TARGETS.contains(&self.target.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "board.target",
+                reason: format!(
+                    "is `{}`; use one of: {}",
+                    self.target,
+                    BOARD_TARGETS.join(", ")
+                ),
+            });
+        }
+        if self.memory_budget_mb < BOARD_MEMORY_BUDGET_MB_MIN {
+            return Err(ConfigError::Invalid {
+                key: "board.memory-budget-mb",
+                reason: format!(
+                    "is {}; it must be at least {BOARD_MEMORY_BUDGET_MB_MIN}",
+                    self.memory_budget_mb
+                ),
+            });
+        }
+        Ok(())
     }
 }
 

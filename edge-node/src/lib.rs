@@ -2,10 +2,12 @@
 //! service ([`broker`]), the QUIC server ([`server`], [`tls`]) and the serve
 //! loop ([`serve`]).
 
+pub mod boards;
 pub mod broker;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod memory;
 pub mod runtime;
 pub mod serve;
 pub mod server;

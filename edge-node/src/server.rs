@@ -33,6 +33,7 @@ use smol::Task;
 
 use crate::broker::{Broker, BrokerError, now_ms};
 use crate::config::NodeConfig;
+use crate::memory::{BUDGET_WAIT_MS_MAX, BudgetExhausted, ByteBudget, Reservation};
 use crate::runtime::RuntimeHandle;
 use crate::tls::{self, TlsError};
 
@@ -50,6 +51,11 @@ pub const PROBLEMS_PER_CONNECTION_MAX: u32 = 64;
 pub const SHUTDOWN_DRAIN_MS: u64 = 10_000;
 /// Longest a shutdown waits for connections to close cleanly.
 pub const SHUTDOWN_CLOSE_MS: u64 = 1_000;
+/// A fetch takes at least this much of `queued-max-response-bytes` (or its
+/// whole `max_bytes` if smaller), waiting only while less is free.
+pub const FETCH_RESERVATION_BYTES_MIN: u64 = 64 * 1024;
+/// Largest piece of a produce payload taken from the stream at once.
+pub const PAYLOAD_CHUNK_BYTES_MAX: usize = 64 * 1024;
 /// Least time between two "connection refused" log lines.
 pub const REFUSAL_LOG_INTERVAL_MS: i64 = 10_000;
 
@@ -88,6 +94,12 @@ struct State {
     rt: RuntimeHandle,
     max_connections: usize,
     max_request_bytes: u64,
+    /// `fetch-max-bytes`, capped at what a fetch request can ask for.
+    fetch_max_bytes: u32,
+    /// Produce payloads in memory (`queued-max-request-bytes`).
+    request_budget: Arc<ByteBudget>,
+    /// Fetch responses in memory (`queued-max-response-bytes`).
+    response_budget: Arc<ByteBudget>,
     connections: AtomicUsize,
     /// Requests being handled; `idle` is notified when it drops to 0.
     in_flight: AtomicUsize,
@@ -134,9 +146,26 @@ pub fn transport_config(config: &NodeConfig) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams_per_connection));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES));
-    t.receive_window(VarInt::from_u32(RECEIVE_WINDOW_BYTES));
-    t.send_window(SEND_WINDOW_BYTES);
+    // On a board, quinn's own buffers count against the memory budget too:
+    // what a connection may have in flight in each direction is its share.
+    let (stream_window, window, send_window) = match config.connection_window_bytes() {
+        Some(bytes) => {
+            let bytes = u32::try_from(bytes).unwrap_or(RECEIVE_WINDOW_BYTES);
+            (
+                bytes.min(STREAM_RECEIVE_WINDOW_BYTES),
+                bytes.min(RECEIVE_WINDOW_BYTES),
+                u64::from(bytes).min(SEND_WINDOW_BYTES),
+            )
+        }
+        None => (
+            STREAM_RECEIVE_WINDOW_BYTES,
+            RECEIVE_WINDOW_BYTES,
+            SEND_WINDOW_BYTES,
+        ),
+    };
+    t.stream_receive_window(VarInt::from_u32(stream_window));
+    t.receive_window(VarInt::from_u32(window));
+    t.send_window(send_window);
     t.datagram_receive_buffer_size(None);
     // IDLE_TIMEOUT_MS is far below the limit of an idle timeout (2^62 ms).
     t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).ok());
@@ -176,6 +205,9 @@ impl Server {
             rt: rt.clone(),
             max_connections: config.max_connections as usize,
             max_request_bytes: config.max_request_bytes,
+            fetch_max_bytes: u32::try_from(config.fetch_max_bytes).unwrap_or(u32::MAX),
+            request_budget: ByteBudget::new(config.queued_request_bytes()),
+            response_budget: ByteBudget::new(config.queued_response_bytes()),
             connections: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             idle: Event::new(),
@@ -195,6 +227,16 @@ impl Server {
     /// The bound address (the real port when `listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Bytes of produce payloads held now (of `queued-max-request-bytes`).
+    pub fn queued_request_bytes(&self) -> u64 {
+        self.state.request_budget.used_bytes()
+    }
+
+    /// Bytes of fetch responses held now (of `queued-max-response-bytes`).
+    pub fn queued_response_bytes(&self) -> u64 {
+        self.state.response_budget.used_bytes()
     }
 
     /// Connections open now.
@@ -369,6 +411,14 @@ enum ReadProblem {
         message: String,
         stop: bool,
     },
+    /// The payload budget stayed full: refused, retriable, not the peer's fault.
+    Busy(String),
+}
+
+impl From<BudgetExhausted> for ReadProblem {
+    fn from(e: BudgetExhausted) -> Self {
+        ReadProblem::Busy(e.to_string())
+    }
 }
 
 fn bad(code: ErrorCode, message: impl Into<String>, stop: bool) -> ReadProblem {
@@ -382,7 +432,8 @@ fn bad(code: ErrorCode, message: impl Into<String>, stop: bool) -> ReadProblem {
 async fn read_request(
     recv: &mut quinn::RecvStream,
     max_request_bytes: u64,
-) -> Result<(RequestHeader, Vec<u8>), ReadProblem> {
+    budget: &Arc<ByteBudget>,
+) -> Result<(RequestHeader, Vec<u8>, Reservation), ReadProblem> {
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
     read_exact(recv, &mut prefix, "length prefix").await?;
     let len = protocol::decode_header_len(prefix).map_err(|e| {
@@ -427,23 +478,50 @@ async fn read_request(
         Request::Produce { .. } => max_request_bytes,
         _ => 0,
     };
-    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    let payload = match eddy_client::connection::read_to_end(recv, limit_usize).await {
-        Ok(payload) => payload,
-        Err(quinn::ReadToEndError::TooLong) => {
-            let message = if limit == 0 {
-                format!("a {} request carries no payload", header.request.name())
-            } else {
-                format!(
-                    "produce payload is over max-request-bytes ({limit} bytes); send smaller \
-                     requests or raise max-request-bytes on the node"
-                )
-            };
-            return Err(bad(ErrorCode::InvalidRequest, message, true));
-        }
-        Err(quinn::ReadToEndError::Read(e)) => return Err(ReadProblem::Gone(e.to_string())),
+    let too_long = || {
+        let message = if limit == 0 {
+            format!("a {} request carries no payload", header.request.name())
+        } else {
+            format!(
+                "produce payload is over max-request-bytes ({limit} bytes); send smaller \
+                 requests or raise max-request-bytes on the node"
+            )
+        };
+        bad(ErrorCode::InvalidRequest, message, true)
     };
-    Ok((header, payload))
+    // The payload is read in pieces, each first counted against the budget
+    // (by the buffer's capacity, which is what it holds): while the budget
+    // is full the stream is not read, and QUIC flow control holds the
+    // client back.
+    let mut reservation = budget.reservation("queued-max-request-bytes");
+    let mut payload = Vec::new();
+    let wait = Duration::from_millis(BUDGET_WAIT_MS_MAX);
+    loop {
+        let room = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(payload.len())
+            .saturating_add(1)
+            .min(PAYLOAD_CHUNK_BYTES_MAX);
+        let chunk = match recv.read_chunk(room, true).await {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) => break,
+            Err(e) => return Err(ReadProblem::Gone(e.to_string())),
+        };
+        let len = payload.len().saturating_add(chunk.len());
+        if len as u64 > limit {
+            return Err(too_long());
+        }
+        if len > payload.capacity() {
+            // What `reserve` will allocate: at least double, as Vec grows.
+            let capacity = len
+                .max(payload.capacity().saturating_mul(2))
+                .min(usize::try_from(limit).unwrap_or(usize::MAX));
+            reservation.grow_to(capacity as u64, wait).await?;
+            payload.reserve_exact(capacity - payload.len());
+        }
+        payload.extend_from_slice(&chunk);
+    }
+    Ok((header, payload, reservation))
 }
 
 async fn read_exact(
@@ -472,10 +550,21 @@ async fn serve_stream(
     conn: &quinn::Connection,
     problems: &Problems,
 ) {
-    let (header, payload) = match read_request(&mut recv, state.max_request_bytes).await {
+    let read = read_request(&mut recv, state.max_request_bytes, &state.request_budget).await;
+    let (mut header, payload, _request_memory) = match read {
         Ok(request) => request,
         Err(ReadProblem::Gone(why)) => {
             debug!("request stream from {} lost: {why}", problems.remote);
+            return;
+        }
+        Err(ReadProblem::Busy(message)) => {
+            let _ = recv.stop(VarInt::from_u32(STOP_REQUEST_REFUSED));
+            debug!("request from {} refused: {message}", problems.remote);
+            let header = ResponseHeader::Error(ErrorBody {
+                code: ErrorCode::ThrottlingQuotaExceeded,
+                message,
+            });
+            write_response(&mut send, &header, &[]).await;
             return;
         }
         Err(ReadProblem::Bad {
@@ -510,6 +599,36 @@ async fn serve_stream(
         }
     );
     let name = header.request.name();
+    // A fetch answers with at most what it could reserve of the response
+    // budget (and at most `fetch-max-bytes`), plus at most one batch when
+    // the first batch is larger (Kafka's rule, so a consumer never stalls).
+    let mut _response_memory = None;
+    if let Request::Fetch { max_bytes, .. } = &mut header.request {
+        let want = u64::from((*max_bytes).min(state.fetch_max_bytes));
+        let reserved = state
+            .response_budget
+            .reserve_up_to(
+                "queued-max-response-bytes",
+                want,
+                FETCH_RESERVATION_BYTES_MIN,
+                Duration::from_millis(BUDGET_WAIT_MS_MAX),
+            )
+            .await;
+        match reserved {
+            Ok(reservation) => {
+                *max_bytes = u32::try_from(reservation.bytes().max(1)).unwrap_or(u32::MAX);
+                _response_memory = Some(reservation);
+            }
+            Err(e) => {
+                let header = ResponseHeader::Error(ErrorBody {
+                    code: ErrorCode::ThrottlingQuotaExceeded,
+                    message: e.to_string(),
+                });
+                write_response(&mut send, &header, &[]).await;
+                return;
+            }
+        }
+    }
     let (response, payload) = dispatch(&state.broker, header.request, payload).await;
     if no_answer {
         if let ResponseHeader::Error(e) = &response {
@@ -791,6 +910,18 @@ mod tests {
         (header, payload.to_vec())
     }
 
+    /// Polls `condition` every 10 ms until it holds or `timeout` passes.
+    async fn wait_until_async(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while !condition() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            smol::Timer::after(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     fn error_code(header: &ResponseHeader) -> Option<ErrorCode> {
         match header {
             ResponseHeader::Error(e) => Some(e.code),
@@ -811,6 +942,132 @@ mod tests {
             acks,
             timeout_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_full_request_budget_holds_requests_back_then_refuses_them() {
+        const BUDGET: u64 = 1024 * 1024;
+        let node = Node::start(|c| {
+            c.queued_max_request_bytes = BUDGET;
+            c.max_request_bytes = BUDGET;
+            c.topic_defaults
+                .insert("max.message.bytes".into(), BUDGET.to_string());
+        });
+        let client = node.client();
+        let server = node.server.as_ref().expect("running");
+        node.rt.block_on(async {
+            let conn = connect(&client, node.addr()).await;
+            let (h, _) = call(
+                &conn,
+                Request::CreateTopic {
+                    name: "t".into(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    configs: vec![],
+                },
+                &[],
+            )
+            .await;
+            assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+
+            // A big produce, sent but for its last bytes: the node holds
+            // what it has read, and its buffer takes the whole budget.
+            let big = frame(
+                PROTOCOL_VERSION,
+                produce("t", Acks::Leader),
+                &batch(&vec![7u8; 900 * 1024]),
+            );
+            let (head, tail) = big.split_at(big.len() - 16);
+            let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
+            send.write_all(head).await.expect("write");
+            let full = wait_until_async(Duration::from_secs(30), || {
+                server.queued_request_bytes() == BUDGET
+            })
+            .await;
+            assert!(full, "held {} bytes", server.queued_request_bytes());
+
+            // Meanwhile a small produce waits for budget, then is refused
+            // with a retriable, typed error.
+            let (h, _) = call(&conn, produce("t", Acks::Leader), &batch(b"small")).await;
+            assert_eq!(
+                error_code(&h),
+                Some(ErrorCode::ThrottlingQuotaExceeded),
+                "{h:?}"
+            );
+            assert!(ErrorCode::ThrottlingQuotaExceeded.is_retriable());
+            if let ResponseHeader::Error(e) = &h {
+                assert!(
+                    e.message.contains("queued-max-request-bytes"),
+                    "{}",
+                    e.message
+                );
+            }
+
+            // The big one completes, gives the budget back, and the next
+            // small produce goes through.
+            send.write_all(tail).await.expect("write");
+            send.finish().expect("finish");
+            let raw = recv
+                .read_to_end(RESPONSE_BYTES_MAX)
+                .await
+                .expect("response");
+            let (h, _): (ResponseHeader, &[u8]) = split_frame(&raw).expect("frame");
+            assert!(
+                matches!(
+                    h,
+                    ResponseHeader::Ok(Response::Produce { base_offset: 0, .. })
+                ),
+                "{h:?}"
+            );
+            let (h, _) = call(&conn, produce("t", Acks::Leader), &batch(b"small")).await;
+            assert!(
+                matches!(
+                    h,
+                    ResponseHeader::Ok(Response::Produce { base_offset: 1, .. })
+                ),
+                "{h:?}"
+            );
+            assert_eq!(server.queued_request_bytes(), 0);
+        });
+        node.stop();
+    }
+
+    #[test]
+    fn fetch_answers_are_capped_by_fetch_max_bytes() {
+        let node = Node::start(|c| c.fetch_max_bytes = 1024);
+        let client = node.client();
+        node.rt.block_on(async {
+            let conn = connect(&client, node.addr()).await;
+            let (h, _) = call(
+                &conn,
+                Request::CreateTopic {
+                    name: "t".into(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    configs: vec![],
+                },
+                &[],
+            )
+            .await;
+            assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+            for _ in 0..3 {
+                let (h, _) = call(&conn, produce("t", Acks::Leader), &batch(&[1u8; 600])).await;
+                assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
+            }
+            let fetch = |max_bytes| Request::Fetch {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes,
+                min_bytes: 1,
+                max_wait_ms: 1_000,
+            };
+            let (h, payload) = call(&conn, fetch(1 << 20), &[]).await;
+            assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
+            let batches = eddy_core::batch::BatchIter::new(&payload).count();
+            assert_eq!(batches, 1, "two 600-byte batches are over fetch-max-bytes");
+        });
+        node.stop();
     }
 
     #[test]
