@@ -306,6 +306,15 @@ pub fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::KafkaStorageError => "KafkaStorageError",
         ErrorCode::ShuttingDown => "ShuttingDown",
         ErrorCode::ThrottlingQuotaExceeded => "ThrottlingQuotaExceeded",
+        ErrorCode::IllegalGeneration => "IllegalGeneration",
+        ErrorCode::InconsistentGroupProtocol => "InconsistentGroupProtocol",
+        ErrorCode::InvalidGroupId => "InvalidGroupId",
+        ErrorCode::UnknownMemberId => "UnknownMemberId",
+        ErrorCode::InvalidSessionTimeout => "InvalidSessionTimeout",
+        ErrorCode::RebalanceInProgress => "RebalanceInProgress",
+        ErrorCode::NonEmptyGroup => "NonEmptyGroup",
+        ErrorCode::GroupIdNotFound => "GroupIdNotFound",
+        ErrorCode::OffsetMetadataTooLarge => "OffsetMetadataTooLarge",
         // `ErrorCode` is non-exhaustive: codes added later still print their number.
         #[allow(unreachable_patterns)]
         _ => "Error",
@@ -614,6 +623,11 @@ impl Client {
         let extra = match request {
             Request::Fetch { max_wait_ms, .. } => u64::from(*max_wait_ms),
             Request::Produce { timeout_ms, .. } => u64::from(*timeout_ms),
+            Request::JoinGroup {
+                rebalance_timeout_ms,
+                ..
+            } => u64::from(*rebalance_timeout_ms),
+            Request::Heartbeat { wait_ms, .. } => u64::from(*wait_ms),
             _ => 0,
         };
         Duration::from_millis(base + extra)

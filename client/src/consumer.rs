@@ -16,6 +16,10 @@
 //! retention). Lost connections and retriable errors are retried after
 //! `retry_backoff_ms`; the [`Client`] re-dials on its own.
 
+mod membership;
+
+pub use membership::RebalanceListener;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +76,29 @@ pub struct ConsumerConfig {
     pub retry_backoff_ms: u32,
     /// Largest decompressed records section of one batch accepted (64 MiB).
     pub decompressed_batch_bytes_max: u32,
+    /// The consumer group (`group.id`): needed by [`Consumer::subscribe`] and
+    /// to commit offsets. `None` by default.
+    pub group_id: Option<String>,
+    /// `client.id`, shown by `eddy group describe` (`eddy-consumer`).
+    pub client_id: String,
+    /// Commit the positions in the background of `poll`, every
+    /// `auto_commit_interval_ms`, and before partitions are revoked
+    /// (`enable.auto.commit`, true).
+    pub enable_auto_commit: bool,
+    /// `auto.commit.interval.ms` (5000).
+    pub auto_commit_interval_ms: u32,
+    /// A member not heard from for this long is dropped from its group
+    /// (`session.timeout.ms`, 45 000).
+    pub session_timeout_ms: u32,
+    /// How often the background task tells the coordinator the member is alive
+    /// (`heartbeat.interval.ms`, 3000; below a third of the session timeout).
+    pub heartbeat_interval_ms: u32,
+    /// Longest a rebalance waits for this member to re-join, i.e. the longest
+    /// time between two `poll` calls (Kafka's `max.poll.interval.ms`, 300 000).
+    pub rebalance_timeout_ms: u32,
+    /// Assignment strategies, preferred first (`partition.assignment.strategy`):
+    /// `range` (default), `roundrobin`, `cooperative-sticky`.
+    pub partition_assignment_strategy: Vec<String>,
 }
 
 impl Default for ConsumerConfig {
@@ -84,6 +111,14 @@ impl Default for ConsumerConfig {
             auto_offset_reset: AutoOffsetReset::Earliest,
             retry_backoff_ms: 100,
             decompressed_batch_bytes_max: 64 * 1024 * 1024,
+            group_id: None,
+            client_id: "eddy-consumer".to_owned(),
+            enable_auto_commit: true,
+            auto_commit_interval_ms: 5000,
+            session_timeout_ms: 45_000,
+            heartbeat_interval_ms: 3000,
+            rebalance_timeout_ms: 300_000,
+            partition_assignment_strategy: vec!["range".to_owned()],
         }
     }
 }
@@ -100,6 +135,87 @@ impl ConsumerConfig {
             return Err(ConsumeError::Config(
                 "max_partition_fetch_bytes must be above 0".into(),
             ));
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= self.session_timeout_ms
+        {
+            return Err(ConsumeError::Config(format!(
+                "heartbeat.interval.ms ({}) must be above 0 and below session.timeout.ms ({})",
+                self.heartbeat_interval_ms, self.session_timeout_ms
+            )));
+        }
+        if self.auto_commit_interval_ms == 0 || self.rebalance_timeout_ms == 0 {
+            return Err(ConsumeError::Config(
+                "auto.commit.interval.ms and max.poll.interval.ms must be above 0".into(),
+            ));
+        }
+        if self.partition_assignment_strategy.is_empty() {
+            return Err(ConsumeError::Config(
+                "partition.assignment.strategy needs at least one strategy".into(),
+            ));
+        }
+        if self.group_id.as_deref() == Some("") {
+            return Err(ConsumeError::Config("group.id must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Sets a setting by its Kafka name: `group.id`, `client.id`,
+    /// `enable.auto.commit`, `auto.commit.interval.ms`, `session.timeout.ms`,
+    /// `heartbeat.interval.ms`, `max.poll.interval.ms`,
+    /// `partition.assignment.strategy` (comma-separated), `auto.offset.reset`,
+    /// `fetch.min.bytes`, `fetch.max.wait.ms`, `max.partition.fetch.bytes`,
+    /// `max.poll.records`, `retry.backoff.ms`.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConsumeError> {
+        let number = || {
+            value.parse::<u32>().map_err(|_| {
+                ConsumeError::Config(format!("{name} must be a whole number, got `{value}`"))
+            })
+        };
+        match name {
+            "group.id" => self.group_id = Some(value.to_owned()),
+            "client.id" => self.client_id = value.to_owned(),
+            "enable.auto.commit" => {
+                self.enable_auto_commit = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ConsumeError::Config(format!(
+                            "enable.auto.commit must be true or false, got `{value}`"
+                        )));
+                    }
+                }
+            }
+            "auto.commit.interval.ms" => self.auto_commit_interval_ms = number()?,
+            "session.timeout.ms" => self.session_timeout_ms = number()?,
+            "heartbeat.interval.ms" => self.heartbeat_interval_ms = number()?,
+            "max.poll.interval.ms" | "rebalance.timeout.ms" => {
+                self.rebalance_timeout_ms = number()?
+            }
+            "partition.assignment.strategy" => {
+                self.partition_assignment_strategy = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }
+            "auto.offset.reset" => {
+                self.auto_offset_reset = AutoOffsetReset::from_name(value).ok_or_else(|| {
+                    ConsumeError::Config(format!(
+                        "auto.offset.reset must be earliest, latest or none, got `{value}`"
+                    ))
+                })?
+            }
+            "fetch.min.bytes" => self.fetch_min_bytes = number()?,
+            "fetch.max.wait.ms" => self.fetch_max_wait_ms = number()?,
+            "max.partition.fetch.bytes" => self.max_partition_fetch_bytes = number()?,
+            "max.poll.records" => self.max_poll_records = number()?,
+            "retry.backoff.ms" => self.retry_backoff_ms = number()?,
+            _ => {
+                return Err(ConsumeError::Config(format!(
+                    "unknown consumer setting `{name}` (Kafka names, e.g. session.timeout.ms)"
+                )));
+            }
         }
         Ok(())
     }
@@ -179,6 +295,14 @@ pub enum ConsumeError {
 }
 
 impl ConsumeError {
+    /// The node's error code, if the node answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ConsumeError::Client(e) => e.code(),
+            _ => None,
+        }
+    }
+
     /// Whether the same call may succeed later.
     pub fn is_retriable(&self) -> bool {
         match self {
@@ -207,6 +331,8 @@ pub struct Consumer {
     next_fetch_id: u64,
     /// Where the next `poll` starts handing out records, for fairness.
     next_partition: usize,
+    /// Group membership, after [`Consumer::subscribe`].
+    group: Option<membership::Membership>,
 }
 
 #[derive(Debug)]
@@ -221,6 +347,9 @@ struct PartitionState {
     inflight: Option<Inflight>,
     /// After a retriable error, no fetch before this.
     retry_at: Option<Instant>,
+    /// Newly assigned by the group: the position comes from the committed
+    /// offset, looked up before `auto_offset_reset` may apply.
+    pending_committed: bool,
 }
 
 #[derive(Debug)]
@@ -255,6 +384,7 @@ impl Consumer {
             outcomes_rx,
             next_fetch_id: 0,
             next_partition: 0,
+            group: None,
         })
     }
 
@@ -275,7 +405,17 @@ impl Consumer {
 
     /// Replaces the assignment. Partitions that stay keep their positions; new ones
     /// start per `auto_offset_reset` unless sought. Duplicates are ignored.
+    ///
+    /// Manual assignment uses no group management: it ends a subscription (without
+    /// leaving the group: call [`Consumer::unsubscribe`] first for that). With a
+    /// `group_id`, [`Consumer::commit_sync`] still stores offsets for the group,
+    /// which the node accepts only while the group has no active members.
     pub fn assign(&mut self, partitions: Vec<(String, u32)>) {
+        self.group = None;
+        self.set_assignment(partitions);
+    }
+
+    fn set_assignment(&mut self, partitions: Vec<(String, u32)>) {
         let mut old = std::mem::take(&mut self.partitions);
         for (topic, partition) in partitions {
             if self.find(&topic, partition).is_some() {
@@ -294,6 +434,7 @@ impl Consumer {
                     buffer: VecDeque::new(),
                     inflight: None,
                     retry_at: None,
+                    pending_committed: false,
                 },
             };
             self.partitions.push(state);
@@ -368,9 +509,18 @@ impl Consumer {
     /// Waits up to `timeout` for records of the assigned partitions and returns them
     /// (at most `max_poll_records`; empty if none came in time). Returns early as
     /// soon as any partition has records.
+    ///
+    /// With a subscription, `poll` also runs the group protocol: it joins (and
+    /// re-joins when the coordinator rebalances, which can take up to the
+    /// rebalance time), calls the [`RebalanceListener`], commits positions every
+    /// `auto_commit_interval_ms` with `enable_auto_commit`, and starts newly
+    /// assigned partitions at their committed offsets.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ConsumeError> {
         let deadline = Instant::now() + timeout;
         loop {
+            if self.group.is_some() {
+                self.group_duties().await?;
+            }
             // Outcomes that already arrived first: they may carry records.
             while let Ok(outcome) = self.outcomes_rx.try_recv() {
                 self.handle(outcome)?;
@@ -396,10 +546,24 @@ impl Consumer {
                 .filter_map(|p| p.retry_at)
                 .min()
                 .map_or(deadline, |retry| retry.min(deadline));
-            let received =
-                with_timeout(self.outcomes_rx.recv(), wake.saturating_duration_since(now)).await;
+            let group_wake = self.group.as_ref().map(|g| g.wake_receiver());
+            let outcome = async { self.outcomes_rx.recv().await.ok() };
+            let group_event = async {
+                match group_wake {
+                    Some(rx) => {
+                        let _ = rx.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+                None
+            };
+            let received = with_timeout(
+                futures_lite::FutureExt::or(outcome, group_event),
+                wake.saturating_duration_since(now),
+            )
+            .await;
             // The sender lives in `self`: the channel never closes while polling.
-            if let Some(Ok(outcome)) = received {
+            if let Some(Some(outcome)) = received {
                 self.handle(outcome)?;
             }
         }
@@ -456,7 +620,7 @@ impl Consumer {
         let now = Instant::now();
         for i in 0..self.partitions.len() {
             let p = &self.partitions[i];
-            if p.position.is_some() || p.retry_at.is_some_and(|t| t > now) {
+            if p.position.is_some() || p.pending_committed || p.retry_at.is_some_and(|t| t > now) {
                 continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -604,6 +768,7 @@ impl PartitionState {
         self.buffer.clear();
         self.inflight = None;
         self.retry_at = None;
+        self.pending_committed = false;
     }
 }
 

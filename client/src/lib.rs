@@ -25,19 +25,24 @@
 
 pub mod connection;
 pub mod consumer;
+pub mod group;
 pub mod producer;
 pub mod protocol;
 
 pub use connection::{
     Client, ClientError, ClientOptions, ListedOffset, Metadata, TopicDescription,
 };
-pub use consumer::{AutoOffsetReset, ConsumeError, Consumer, ConsumerConfig, ConsumerRecord};
+pub use consumer::{
+    AutoOffsetReset, ConsumeError, Consumer, ConsumerConfig, ConsumerRecord, RebalanceListener,
+};
 pub use eddy_core::batch::{Compression, RecordHeader};
+pub use group::{GroupDescription, JoinRequest, Joined};
 pub use producer::{
     DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord, ProducerRecordRef,
     RecordMetadata,
 };
 pub use protocol::{Acks, OffsetSpec};
+pub use protocol::{CommitOffset, CommittedOffset};
 
 /// Kafka's 32-bit murmur2 hash (`org.apache.kafka.common.utils.Utils.murmur2`).
 ///

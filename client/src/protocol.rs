@@ -149,6 +149,132 @@ pub enum Request {
         /// New partition count (larger than the current one).
         total: u32,
     },
+    /// Join (or re-join) a consumer group. Long-polls until the group's
+    /// rebalance completes (at most `rebalance_timeout_ms`) and answers with the
+    /// member's assignment; the node computes assignments (see
+    /// `docs/ARCHITECTURE.md`).
+    JoinGroup {
+        /// Group id.
+        group: String,
+        /// The id the node gave this member, or empty to join as a new member.
+        member_id: String,
+        /// `client.id`, for `eddy group describe`.
+        client_id: String,
+        /// Topics subscribed to.
+        topics: Vec<String>,
+        /// `partition.assignment.strategy` names, in order of preference.
+        strategies: Vec<String>,
+        /// `session.timeout.ms`.
+        session_timeout_ms: u32,
+        /// `rebalance.timeout.ms` (Kafka's `max.poll.interval.ms`).
+        rebalance_timeout_ms: u32,
+        /// Partitions this member owns now (cooperative rebalancing).
+        owned: Vec<(String, u32)>,
+    },
+    /// Tells the coordinator a member is alive. Long-polls up to `wait_ms`,
+    /// answering early with `RebalanceInProgress` when a rebalance starts.
+    Heartbeat {
+        /// Group id.
+        group: String,
+        /// Member id.
+        member_id: String,
+        /// The member's generation.
+        generation: i32,
+        /// Longest the node may hold the answer (below `session.timeout.ms`).
+        wait_ms: u32,
+    },
+    /// Leaves a group at once (no wait for `session.timeout.ms`).
+    LeaveGroup {
+        /// Group id.
+        group: String,
+        /// Member id.
+        member_id: String,
+    },
+    /// Commits offsets of a group, durably. `generation = -1` and an empty
+    /// `member_id` commit for a group without members (manual `assign`).
+    OffsetCommit {
+        /// Group id.
+        group: String,
+        /// Member id, or empty.
+        member_id: String,
+        /// The member's generation, or -1.
+        generation: i32,
+        /// The offsets.
+        offsets: Vec<CommitOffset>,
+    },
+    /// Reads a group's committed offsets.
+    OffsetFetch {
+        /// Group id.
+        group: String,
+        /// Only these partitions, or every partition the group committed.
+        partitions: Option<Vec<(String, u32)>>,
+    },
+    /// Every group the node knows (with members or committed offsets).
+    ListGroups,
+    /// A group's state, members, assignments and committed offsets.
+    DescribeGroup {
+        /// Group id.
+        group: String,
+    },
+    /// Deletes a group without members and its committed offsets.
+    DeleteGroup {
+        /// Group id.
+        group: String,
+    },
+}
+
+/// One offset in an [`Request::OffsetCommit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitOffset {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// The next offset to read.
+    pub offset: u64,
+    /// Free text stored with the offset.
+    pub metadata: String,
+}
+
+/// A committed offset in a response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// The next offset to read.
+    pub offset: u64,
+    /// Free text stored with the offset.
+    pub metadata: String,
+    /// When it was committed (ms since the epoch, node clock).
+    pub commit_timestamp: i64,
+}
+
+/// A group in [`Response::ListGroups`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupListing {
+    /// Group id.
+    pub group: String,
+    /// State name (`Empty`, `PreparingRebalance`, `CompletingRebalance`, `Stable`).
+    pub state: String,
+    /// Members.
+    pub members: u32,
+    /// The assignment strategy in use (empty without members).
+    pub strategy: String,
+}
+
+/// A member in [`Response::DescribeGroup`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberDescription {
+    /// Member id.
+    pub member_id: String,
+    /// `client.id`.
+    pub client_id: String,
+    /// Topics subscribed to.
+    pub topics: Vec<String>,
+    /// Partitions assigned in the current generation.
+    pub assignment: Vec<(String, u32)>,
 }
 
 impl Request {
@@ -164,6 +290,14 @@ impl Request {
             Request::DescribeTopic { .. } => "DescribeTopic",
             Request::AlterConfigs { .. } => "AlterConfigs",
             Request::CreatePartitions { .. } => "CreatePartitions",
+            Request::JoinGroup { .. } => "JoinGroup",
+            Request::Heartbeat { .. } => "Heartbeat",
+            Request::LeaveGroup { .. } => "LeaveGroup",
+            Request::OffsetCommit { .. } => "OffsetCommit",
+            Request::OffsetFetch { .. } => "OffsetFetch",
+            Request::ListGroups => "ListGroups",
+            Request::DescribeGroup { .. } => "DescribeGroup",
+            Request::DeleteGroup { .. } => "DeleteGroup",
         }
     }
 }
@@ -264,6 +398,50 @@ pub enum Response {
     AlterConfigs,
     /// Partitions added.
     CreatePartitions,
+    /// The member's place in the new generation.
+    JoinGroup {
+        /// Generation of the group.
+        generation: i32,
+        /// This member's id (keep it for every later group request).
+        member_id: String,
+        /// The strategy the group uses.
+        strategy: String,
+        /// Partitions assigned to this member.
+        assignment: Vec<(String, u32)>,
+    },
+    /// The member is in the current generation.
+    Heartbeat,
+    /// The member left.
+    LeaveGroup,
+    /// Every offset was committed and synced.
+    OffsetCommit,
+    /// Committed offsets (partitions without one are left out).
+    OffsetFetch {
+        /// The offsets.
+        offsets: Vec<CommittedOffset>,
+    },
+    /// Groups.
+    ListGroups {
+        /// Groups, by id.
+        groups: Vec<GroupListing>,
+    },
+    /// A group.
+    DescribeGroup {
+        /// Group id.
+        group: String,
+        /// State name.
+        state: String,
+        /// Current generation (0 before the first rebalance).
+        generation: i32,
+        /// Assignment strategy in use.
+        strategy: String,
+        /// Members.
+        members: Vec<MemberDescription>,
+        /// Committed offsets.
+        offsets: Vec<CommittedOffset>,
+    },
+    /// The group and its offsets are gone.
+    DeleteGroup,
 }
 
 /// Stable error codes. Numbers are Kafka's where Kafka has the error; never reused.
@@ -306,6 +484,24 @@ pub enum ErrorCode {
     ShuttingDown,
     /// 89: the node's memory budget for payloads stayed full; retry later.
     ThrottlingQuotaExceeded,
+    /// 22: the member's generation is not the group's current one (fenced).
+    IllegalGeneration,
+    /// 23: the member's assignment strategies share none with the group's.
+    InconsistentGroupProtocol,
+    /// 24: the group id is empty or not allowed.
+    InvalidGroupId,
+    /// 25: the coordinator does not know this member (expired, left, or fenced).
+    UnknownMemberId,
+    /// 26: `session.timeout.ms` is outside what the node allows.
+    InvalidSessionTimeout,
+    /// 27: the group is rebalancing: re-join.
+    RebalanceInProgress,
+    /// 68: the group still has members.
+    NonEmptyGroup,
+    /// 69: no such group.
+    GroupIdNotFound,
+    /// 12: the offset's metadata text is over the node's limit.
+    OffsetMetadataTooLarge,
 }
 
 impl ErrorCode {
@@ -330,6 +526,15 @@ impl ErrorCode {
             ErrorCode::KafkaStorageError => 56,
             ErrorCode::ShuttingDown => 1000,
             ErrorCode::ThrottlingQuotaExceeded => 89,
+            ErrorCode::IllegalGeneration => 22,
+            ErrorCode::InconsistentGroupProtocol => 23,
+            ErrorCode::InvalidGroupId => 24,
+            ErrorCode::UnknownMemberId => 25,
+            ErrorCode::InvalidSessionTimeout => 26,
+            ErrorCode::RebalanceInProgress => 27,
+            ErrorCode::NonEmptyGroup => 68,
+            ErrorCode::GroupIdNotFound => 69,
+            ErrorCode::OffsetMetadataTooLarge => 12,
         }
     }
 
@@ -517,5 +722,9 @@ mod tests {
         assert_eq!(ErrorCode::KafkaStorageError.code(), 56);
         assert!(ErrorCode::KafkaStorageError.is_retriable());
         assert!(!ErrorCode::CorruptMessage.is_retriable());
+        assert_eq!(ErrorCode::IllegalGeneration.code(), 22);
+        assert_eq!(ErrorCode::UnknownMemberId.code(), 25);
+        assert_eq!(ErrorCode::RebalanceInProgress.code(), 27);
+        assert_eq!(ErrorCode::GroupIdNotFound.code(), 69);
     }
 }

@@ -33,6 +33,8 @@ pub enum Command {
     Produce(crate::commands::produce::ProduceArgs),
     /// Print records of a topic.
     Consume(crate::commands::consume::ConsumeArgs),
+    /// Consumer groups: `group list|describe|reset-offsets|delete`.
+    Group(crate::commands::group::GroupArgs),
     /// Measure throughput and latency: `bench produce|consume|e2e`.
     Bench(crate::commands::bench::BenchArgs),
     /// Cluster tools: the shared CA, status, leader elections.

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Topic(args) => eddy_node::commands::topic::run(&args),
         Command::Produce(args) => eddy_node::commands::produce::run(&args),
         Command::Consume(args) => eddy_node::commands::consume::run(&args),
+        Command::Group(args) => eddy_node::commands::group::run(&args),
         Command::Bench(args) => eddy_node::commands::bench::run(&args),
         Command::Cluster(args) => eddy_node::commands::cluster::run(&args),
     };

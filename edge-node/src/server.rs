@@ -779,6 +779,83 @@ pub async fn dispatch(
             .create_partitions(&name, total)
             .await
             .map(|()| (Response::CreatePartitions, none())),
+        Request::JoinGroup {
+            group,
+            member_id,
+            client_id,
+            topics,
+            strategies,
+            session_timeout_ms,
+            rebalance_timeout_ms,
+            owned,
+        } => {
+            let params = crate::broker::group::state::JoinParams {
+                client_id,
+                topics,
+                strategies,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                owned,
+            };
+            broker
+                .join_group(&group, &member_id, params)
+                .await
+                .map(|r| {
+                    (
+                        Response::JoinGroup {
+                            generation: r.generation,
+                            member_id: r.member_id,
+                            strategy: r.strategy.name().to_owned(),
+                            assignment: r.assignment,
+                        },
+                        none(),
+                    )
+                })
+        }
+        Request::Heartbeat {
+            group,
+            member_id,
+            generation,
+            wait_ms,
+        } => broker
+            .heartbeat(&group, &member_id, generation, wait_ms)
+            .await
+            .map(|()| (Response::Heartbeat, none())),
+        Request::LeaveGroup { group, member_id } => broker
+            .leave_group(&group, &member_id)
+            .map(|()| (Response::LeaveGroup, none())),
+        Request::OffsetCommit {
+            group,
+            member_id,
+            generation,
+            offsets,
+        } => broker
+            .commit_offsets(&group, &member_id, generation, offsets)
+            .await
+            .map(|()| (Response::OffsetCommit, none())),
+        Request::OffsetFetch { group, partitions } => broker
+            .fetch_offsets(&group, partitions)
+            .map(|offsets| (Response::OffsetFetch { offsets }, none())),
+        Request::ListGroups => broker
+            .list_groups()
+            .map(|groups| (Response::ListGroups { groups }, none())),
+        Request::DescribeGroup { group } => broker.describe_group(&group).map(|d| {
+            (
+                Response::DescribeGroup {
+                    group,
+                    state: d.state,
+                    generation: d.generation,
+                    strategy: d.strategy,
+                    members: d.members,
+                    offsets: d.offsets,
+                },
+                none(),
+            )
+        }),
+        Request::DeleteGroup { group } => broker
+            .delete_group(&group)
+            .await
+            .map(|()| (Response::DeleteGroup, none())),
     };
     match result {
         Ok((response, payload)) => (ResponseHeader::Ok(response), payload),

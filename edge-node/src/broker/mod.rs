@@ -16,6 +16,7 @@
 //! says what to do next.
 
 pub mod admin;
+pub mod group;
 pub mod maintenance;
 pub mod metadata;
 pub mod partition;
@@ -131,6 +132,9 @@ pub enum OpenError {
         /// What is wrong.
         error: eddy_core::config::ConfigError,
     },
+    /// The committed offsets log could not be read.
+    #[error("{0}; check the disk, or move the {topic}-0 directory aside to start without committed offsets", topic = group::offsets::OFFSETS_TOPIC)]
+    Offsets(#[from] group::offsets::OffsetsError),
     /// A partition log could not be opened or recovered.
     #[error("cannot open partition {topic}-{partition}: {error}")]
     Partition {
@@ -194,6 +198,8 @@ pub struct Broker {
     delete_seq: AtomicU64,
     advertised: RwLock<String>,
     maintenance: Mutex<Option<Task<()>>>,
+    /// Consumer groups and committed offsets.
+    groups: group::Groups,
 }
 
 impl std::fmt::Debug for Broker {
@@ -259,6 +265,7 @@ impl Broker {
                 }),
             );
         }
+        let offsets = group::offsets::OffsetStore::open(storage.clone(), &data_dir, now)?;
         warn_about_orphans(&data_dir, &topics);
         info!("opened {} topic(s) in {}", topics.len(), data_dir.display());
         let broker = Arc::new(Broker {
@@ -279,9 +286,11 @@ impl Broker {
             delete_seq: AtomicU64::new(0),
             advertised: RwLock::new(config.listen.to_string()),
             maintenance: Mutex::new(None),
+            groups: group::Groups::new(offsets),
         });
         let task = rt.spawn(maintenance::run(Arc::downgrade(&broker)));
         *lock(&broker.maintenance) = Some(task);
+        group::Groups::start(&broker);
         Ok(broker)
     }
 
@@ -652,6 +661,7 @@ impl Broker {
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
         self.shutdown_event.notify(usize::MAX);
+        self.groups.notify();
         for p in self.all_partitions() {
             p.hw_event().notify(usize::MAX);
         }
@@ -679,6 +689,10 @@ impl Broker {
                     ));
                 }
             }
+        }
+        if let Err(e) = self.groups.shutdown().await {
+            warn!("{e}");
+            first_error.get_or_insert(e);
         }
         let store = lock(&self.metadata).take();
         if let Some(store) = store {

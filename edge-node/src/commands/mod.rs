@@ -1,4 +1,5 @@
-//! The client subcommands of `eddy`: `topic`, `produce`, `consume`, `bench`.
+//! The client subcommands of `eddy`: `topic`, `produce`, `consume`, `group`,
+//! `bench`.
 //!
 //! Each runs the async [`eddy_client`] on `smol::block_on` and reports failures as
 //! `anyhow` errors whose message says what to do next; `main` prints them as
@@ -8,6 +9,7 @@ pub mod bench;
 pub mod cluster;
 pub mod consume;
 pub mod format;
+pub mod group;
 pub mod produce;
 pub mod topic;
 
