@@ -765,7 +765,10 @@ fn group_describe_lag_matches_produced_minus_committed() {
 
 /// Records what the listener saw.
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(String, Vec<u32>)>>>);
+struct Recorder(Arc<Mutex<Vec<Event>>>);
+
+/// ("assigned" or "revoked", partitions)
+type Event = (String, Vec<u32>);
 
 impl RebalanceListener for Recorder {
     fn on_partitions_revoked(&mut self, partitions: &[(String, u32)]) {

@@ -113,6 +113,10 @@ pub enum BenchCommand {
     Consume(ConsumeBenchArgs),
     /// Produce at a fixed offered load while consuming: end-to-end latency.
     E2e(E2eBenchArgs),
+    /// Time consumer-group rebalances (members joining and leaving).
+    Rebalance(super::bench_group::RebalanceBenchArgs),
+    /// Offset commits per second and their latency.
+    Commit(super::bench_group::CommitBenchArgs),
 }
 
 /// Arguments of `eddy bench produce`.
@@ -638,12 +642,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Produce(a) => &a.output,
         BenchCommand::Consume(a) => &a.output,
         BenchCommand::E2e(a) => &a.output,
+        BenchCommand::Rebalance(a) => {
+            return super::bench_group::bench_rebalance(&args.connect, a);
+        }
+        BenchCommand::Commit(a) => return super::bench_group::bench_commit(&args.connect, a),
     };
     set_io_threads(output.io_threads);
     let summary = match &args.command {
         BenchCommand::Produce(a) => bench_produce(&args.connect, a)?,
         BenchCommand::Consume(a) => bench_consume(&args.connect, a)?,
         BenchCommand::E2e(a) => bench_e2e(&args.connect, a)?,
+        BenchCommand::Rebalance(_) | BenchCommand::Commit(_) => return Ok(()),
     };
     if output.json {
         println!("{}", summary.to_json());

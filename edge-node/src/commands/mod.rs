@@ -6,6 +6,7 @@
 //! `error: …` and exits non-zero.
 
 pub mod bench;
+pub mod bench_group;
 pub mod cluster;
 pub mod consume;
 pub mod format;
