@@ -3,6 +3,16 @@
 //! - `setup`: install what the other verbs need (rustup targets). Idempotent.
 //! - `ci`: everything CI checks, in order, stopping at the first failure.
 //! - `bench`: the storage core's benchmarks.
+//! - `image BOARD`: a device image (`.tar.gz` and `.deb`) for a board.
+//! - `smoke BOARD`: the board's cross-built node under qemu-user, checked
+//!   end to end with the host client.
+//! - `deb-check BOARD`: installs the board's `.deb` into a Debian root.
+
+mod board;
+mod cross;
+mod debcheck;
+mod image;
+mod smoke;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -12,8 +22,24 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 /// Targets `setup` installs: the bare-metal ARM target proves that the core's
-/// record codec builds without `std`.
-const RUSTUP_TARGETS: &[&str] = &[NO_STD_TARGET];
+/// record codec builds without `std`; the boards CI smoke-tests.
+const RUSTUP_TARGETS: &[&str] = &[
+    NO_STD_TARGET,
+    "aarch64-unknown-linux-gnu",
+    "armv7-unknown-linux-gnueabihf",
+];
+/// Debian packages `setup` installs (program, package): cross compilers
+/// and qemu-user for the smoke tests, dpkg-deb for images.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
+    ("qemu-aarch64", "qemu-user"),
+    ("dpkg-deb", "dpkg"),
+];
+/// Boards CI smoke-tests under emulation (aarch64 and armv7).
+const CI_SMOKE_BOARDS: &[&str] = &["rpi4", "rpi-zero2w"];
+/// Cargo profile of the smoke builds: no LTO, so CI stays fast.
+const SMOKE_PROFILE: &str = "smoke";
 /// The target the `no_std` build check uses.
 const NO_STD_TARGET: &str = "thumbv7em-none-eabihf";
 
@@ -36,12 +62,48 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build a device image for a board: `<target-dir>/images/eddy-<version>-<board>.tar.gz` and `.deb`.
+    Image {
+        /// Board name: a file `boards/<BOARD>.toml`.
+        board: String,
+        /// Cargo profile for the binary (`release`, `min-size`, or `smoke` for a quick check).
+        #[arg(long, default_value = "min-size")]
+        profile: String,
+    },
+    /// Run the board's cross-built node under qemu-user and check it end to end.
+    Smoke {
+        /// Board name: a file `boards/<BOARD>.toml`.
+        board: String,
+        /// Cargo profile for the cross-built binary.
+        #[arg(long, default_value = SMOKE_PROFILE)]
+        profile: String,
+    },
+    /// Install the board's `.deb` (built by `image`) into a Debian root made
+    /// with debootstrap and check the files, the user and the unit.
+    DebCheck {
+        /// Board name.
+        board: String,
+        /// Only inspect the package with `dpkg-deb` (no chroot).
+        #[arg(long)]
+        inspect_only: bool,
+    },
 }
 
 /// A step that failed: what ran, and how it ended.
-struct Failure {
+#[derive(Debug)]
+pub struct Failure {
     step: String,
     detail: String,
+}
+
+impl Failure {
+    /// A failure of `step`.
+    pub fn new(step: &str, detail: impl Into<String>) -> Failure {
+        Failure {
+            step: step.to_owned(),
+            detail: detail.into(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -51,6 +113,12 @@ fn main() -> ExitCode {
         Verb::Setup => setup(),
         Verb::Ci => ci(&root),
         Verb::Bench { args } => bench(&root, args),
+        Verb::Image { board, profile } => image::image(&root, &board, &profile).map(|_| ()),
+        Verb::Smoke { board, profile } => smoke::smoke(&root, &board, &profile),
+        Verb::DebCheck {
+            board,
+            inspect_only,
+        } => debcheck::deb_check(&root, &board, inspect_only),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,7 +136,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The cargo that runs us (so a `+toolchain` choice carries through).
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
@@ -87,7 +155,7 @@ fn setup() -> Result<(), Failure> {
         cmd.args(["target", "add", target]);
         run_step(&format!("rustup target add {target}"), cmd)?;
     }
-    Ok(())
+    cross::ensure_packages(DEBIAN_PACKAGES)
 }
 
 fn ci(root: &Path) -> Result<(), Failure> {
@@ -129,6 +197,24 @@ fn ci(root: &Path) -> Result<(), Failure> {
             step_started.elapsed().as_secs_f64()
         );
     }
+    for board in CI_SMOKE_BOARDS {
+        let step_started = Instant::now();
+        println!("xtask ci: [smoke {board}] cargo xtask smoke {board}");
+        smoke::smoke(root, board, SMOKE_PROFILE)?;
+        println!(
+            "xtask ci: [smoke {board}] ok in {:.1} s",
+            step_started.elapsed().as_secs_f64()
+        );
+    }
+    // The smoke binary packaged as an image, and the package inspected.
+    let step_started = Instant::now();
+    println!("xtask ci: [image rpi4] cargo xtask image rpi4 --profile {SMOKE_PROFILE}");
+    image::image(root, "rpi4", SMOKE_PROFILE)?;
+    debcheck::deb_check(root, "rpi4", true)?;
+    println!(
+        "xtask ci: [image rpi4] ok in {:.1} s",
+        step_started.elapsed().as_secs_f64()
+    );
     println!(
         "xtask ci: all steps passed in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -146,7 +232,7 @@ fn bench(root: &Path, args: Vec<OsString>) -> Result<(), Failure> {
 }
 
 /// Runs `cmd` with inherited stdio; a non-zero exit is a [`Failure`].
-fn run_step(step: &str, mut cmd: Command) -> Result<(), Failure> {
+pub fn run_step(step: &str, mut cmd: Command) -> Result<(), Failure> {
     let status = cmd.status().map_err(|e| Failure {
         step: step.to_owned(),
         detail: format!("cannot start {:?}: {e}", cmd.get_program()),
@@ -165,7 +251,7 @@ fn run_step(step: &str, mut cmd: Command) -> Result<(), Failure> {
 }
 
 /// Runs `cmd` and returns its stdout; a non-zero exit is a [`Failure`].
-fn output_of(step: &str, mut cmd: Command) -> Result<String, Failure> {
+pub fn output_of(step: &str, mut cmd: Command) -> Result<String, Failure> {
     let output = cmd.output().map_err(|e| Failure {
         step: step.to_owned(),
         detail: format!("cannot start {:?}: {e}", cmd.get_program()),
