@@ -7,11 +7,13 @@
 //! - `smoke BOARD`: the board's cross-built node under qemu-user, checked
 //!   end to end with the host client.
 //! - `deb-check BOARD`: installs the board's `.deb` into a Debian root.
+//! - `sizes BOARD`: what each crate costs in the board's binary.
 
 mod board;
 mod cross;
 mod debcheck;
 mod image;
+mod sizes;
 mod smoke;
 
 use std::ffi::OsString;
@@ -78,6 +80,11 @@ enum Verb {
         #[arg(long, default_value = SMOKE_PROFILE)]
         profile: String,
     },
+    /// Show what each crate costs in the board's min-size binary.
+    Sizes {
+        /// Board name.
+        board: String,
+    },
     /// Install the board's `.deb` (built by `image`) into a Debian root made
     /// with debootstrap and check the files, the user and the unit.
     DebCheck {
@@ -115,6 +122,7 @@ fn main() -> ExitCode {
         Verb::Bench { args } => bench(&root, args),
         Verb::Image { board, profile } => image::image(&root, &board, &profile).map(|_| ()),
         Verb::Smoke { board, profile } => smoke::smoke(&root, &board, &profile),
+        Verb::Sizes { board } => sizes::sizes(&root, &board),
         Verb::DebCheck {
             board,
             inspect_only,
