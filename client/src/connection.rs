@@ -315,6 +315,11 @@ pub fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::NonEmptyGroup => "NonEmptyGroup",
         ErrorCode::GroupIdNotFound => "GroupIdNotFound",
         ErrorCode::OffsetMetadataTooLarge => "OffsetMetadataTooLarge",
+        ErrorCode::LeaderNotAvailable => "LeaderNotAvailable",
+        ErrorCode::NotEnoughReplicasAfterAppend => "NotEnoughReplicasAfterAppend",
+        ErrorCode::NotController => "NotController",
+        ErrorCode::FencedLeaderEpoch => "FencedLeaderEpoch",
+        ErrorCode::UnknownLeaderEpoch => "UnknownLeaderEpoch",
         // `ErrorCode` is non-exhaustive: codes added later still print their number.
         #[allow(unreachable_patterns)]
         _ => "Error",
@@ -356,6 +361,7 @@ pub struct ListedOffset {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<ClientInner>,
+    routes: crate::routing::SharedRoutes,
 }
 
 impl fmt::Debug for Client {
@@ -401,6 +407,14 @@ impl Client {
     /// Reads the CA file, resolves the node's address and binds a UDP socket. Does not
     /// dial: the first request does (or [`Client::connect`]).
     pub fn new(options: ClientOptions) -> Result<Client, ClientError> {
+        Self::new_with_routes(options, Default::default())
+    }
+
+    /// A client sharing another's leader cache.
+    pub(crate) fn new_with_routes(
+        options: ClientOptions,
+        routes: crate::routing::SharedRoutes,
+    ) -> Result<Client, ClientError> {
         options.validate()?;
         let address = resolve(&options.server)?;
         let roots = load_ca(&options.ca_file)?;
@@ -427,7 +441,12 @@ impl Client {
                 slot: Mutex::new(ConnSlot::default()),
                 dial_lock: smol::lock::Mutex::new(()),
             }),
+            routes,
         })
+    }
+
+    pub(crate) fn routes(&self) -> &crate::routing::SharedRoutes {
+        &self.routes
     }
 
     /// The options this client was made with.
@@ -824,6 +843,25 @@ impl Client {
         match self.call(request).await? {
             Response::CreatePartitions => Ok(()),
             other => Err(self.unexpected("CreatePartitions", &other)),
+        }
+    }
+
+    /// The cluster's nodes, their liveness and the controller.
+    pub async fn cluster_status(
+        &self,
+    ) -> Result<(Option<u32>, Vec<crate::protocol::ClusterNodeInfo>), ClientError> {
+        match self.call(Request::ClusterStatus).await? {
+            Response::ClusterStatus { controller, nodes } => Ok((controller, nodes)),
+            other => Err(self.unexpected("ClusterStatus", &other)),
+        }
+    }
+
+    /// Preferred leader election for `topic`, or every topic: how many
+    /// partitions changed leader.
+    pub async fn elect_leaders(&self, topic: Option<String>) -> Result<u32, ClientError> {
+        match self.call(Request::ElectLeaders { topic }).await? {
+            Response::ElectLeaders { elected } => Ok(elected),
+            other => Err(self.unexpected("ElectLeaders", &other)),
         }
     }
 

@@ -590,7 +590,14 @@ impl Consumer {
         spec: OffsetSpec,
     ) -> Result<u64, ConsumeError> {
         self.index(topic, partition)?;
-        let found = self.client.list_offsets(topic, partition, spec).await?;
+        let leader = self.client.for_partition(topic, partition).await?;
+        let found = match leader.list_offsets(topic, partition, spec).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.client.forget_leader(topic, partition);
+                return Err(e.into());
+            }
+        };
         found.offset.ok_or_else(|| {
             ConsumeError::Client(ClientError::Protocol {
                 server: self.client.options().server.clone(),
@@ -812,7 +819,25 @@ async fn fetch(
             max_wait_ms: limits.max_wait_ms,
         },
     };
-    let result = match client.request(header, &[]).await {
+    let routed = match client.for_partition(&topic, partition).await {
+        Ok(leader) => leader.request(header, &[]).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &routed
+        && (e.is_connection_error()
+            || matches!(
+                e.code(),
+                Some(
+                    ErrorCode::NotLeaderOrFollower
+                        | ErrorCode::LeaderNotAvailable
+                        | ErrorCode::FencedLeaderEpoch
+                        | ErrorCode::UnknownLeaderEpoch
+                )
+            ))
+    {
+        client.forget_leader(&topic, partition);
+    }
+    let result = match routed {
         Ok((Response::Fetch { next_offset, .. }, payload)) => decode_fetch(
             &topic,
             partition,

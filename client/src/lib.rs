@@ -28,6 +28,7 @@ pub mod consumer;
 pub mod group;
 pub mod producer;
 pub mod protocol;
+mod routing;
 
 pub use connection::{
     Client, ClientError, ClientOptions, ListedOffset, Metadata, TopicDescription,

@@ -1236,11 +1236,13 @@ async fn deliver(
                 timeout_ms: config.request_timeout_ms,
             },
         };
-        let result = if config.acks == Acks::None {
+        let result = match shared.client.for_partition(topic, partition).await {
             // No answer comes: done once the node's QUIC stack has the bytes.
-            shared.client.send_only(header, batch).await.map(|()| None)
-        } else {
-            shared.client.request(header, batch).await.map(Some)
+            Ok(leader) if config.acks == Acks::None => {
+                leader.send_only(header, batch).await.map(|()| None)
+            }
+            Ok(leader) => leader.request(header, batch).await.map(Some),
+            Err(e) => Err(e),
         };
         let error = match result {
             Ok(None) => {
@@ -1272,10 +1274,17 @@ async fn deliver(
         if error.is_connection_error()
             || matches!(
                 error.code(),
-                Some(ErrorCode::UnknownTopicOrPartition | ErrorCode::NotLeaderOrFollower)
+                Some(
+                    ErrorCode::UnknownTopicOrPartition
+                        | ErrorCode::NotLeaderOrFollower
+                        | ErrorCode::LeaderNotAvailable
+                        | ErrorCode::FencedLeaderEpoch
+                        | ErrorCode::UnknownLeaderEpoch
+                )
             )
         {
             shared.mark_stale(topic);
+            shared.client.forget_leader(topic, partition);
         }
         if !error.is_retriable() || attempt >= config.retries {
             return Err(ProduceError::Client(error));

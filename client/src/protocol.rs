@@ -30,6 +30,11 @@ pub const HEADER_BYTES_MAX: u32 = 64 * 1024;
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// Default UDP port of a node.
 pub const DEFAULT_PORT: u16 = 7878;
+/// The leader id a partition without a leader reports in
+/// [`TopicMetadata::partitions`] and [`PartitionInfo::leader`].
+pub const NO_LEADER: u32 = u32::MAX;
+/// Largest payload of a [`Request::Raft`] (the metadata quorum's messages).
+pub const RAFT_PAYLOAD_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// A request: the first frame on a new stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,6 +226,54 @@ pub enum Request {
         /// Group id.
         group: String,
     },
+    /// Messages of the metadata quorum (Raft) from a peer node. The payload
+    /// holds them as `u32` length + protobuf, repeated, in order.
+    Raft {
+        /// The sending node.
+        from: u32,
+    },
+    /// A node tells a peer it is alive (sent to every peer, so that a new
+    /// controller knows who is alive at once).
+    BrokerHeartbeat {
+        /// The sending node.
+        node_id: u32,
+    },
+    /// A follower fetches a partition from its leader (Kafka's Fetch with a
+    /// replica id): reads past the high watermark, up to the log end.
+    ReplicaFetch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The follower's node id.
+        replica_id: u32,
+        /// The leader epoch the follower follows.
+        leader_epoch: i32,
+        /// The follower's log end offset: it has everything below.
+        offset: u64,
+        /// Most payload bytes (at least one whole batch).
+        max_bytes: u32,
+        /// Longest wait when there is nothing new.
+        max_wait_ms: u32,
+    },
+    /// KIP-101: where `epoch` ended in the leader's log.
+    OffsetForLeaderEpoch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The leader epoch the asking follower follows.
+        current_leader_epoch: i32,
+        /// The epoch asked about (the follower's latest).
+        epoch: i32,
+    },
+    /// Preferred leader election, for one topic or all.
+    ElectLeaders {
+        /// Only this topic.
+        topic: Option<String>,
+    },
+    /// Nodes, their liveness and the controller.
+    ClusterStatus,
 }
 
 /// One offset in an [`Request::OffsetCommit`].
@@ -298,6 +351,12 @@ impl Request {
             Request::ListGroups => "ListGroups",
             Request::DescribeGroup { .. } => "DescribeGroup",
             Request::DeleteGroup { .. } => "DeleteGroup",
+            Request::Raft { .. } => "Raft",
+            Request::BrokerHeartbeat { .. } => "BrokerHeartbeat",
+            Request::ReplicaFetch { .. } => "ReplicaFetch",
+            Request::OffsetForLeaderEpoch { .. } => "OffsetForLeaderEpoch",
+            Request::ElectLeaders { .. } => "ElectLeaders",
+            Request::ClusterStatus => "ClusterStatus",
         }
     }
 }
@@ -442,6 +501,54 @@ pub enum Response {
     },
     /// The group and its offsets are gone.
     DeleteGroup,
+    /// Raft messages taken.
+    Raft,
+    /// Heartbeat noted.
+    BrokerHeartbeat,
+    /// Replica fetch result; the payload holds the batches (possibly none).
+    ReplicaFetch {
+        /// The leader's high watermark.
+        high_watermark: u64,
+        /// The leader's log start offset.
+        log_start_offset: u64,
+        /// The leader's log end offset.
+        log_end_offset: u64,
+    },
+    /// Where the epoch ended: the largest epoch at or below the one asked
+    /// about and its end offset; `None` when the leader knows no such epoch.
+    OffsetForLeaderEpoch {
+        /// Epoch and end offset.
+        found: Option<(i32, u64)>,
+        /// The leader's log start offset.
+        log_start_offset: u64,
+    },
+    /// Leaders moved to their preferred replicas.
+    ElectLeaders {
+        /// Partitions whose leader changed.
+        elected: u32,
+    },
+    /// Cluster state.
+    ClusterStatus {
+        /// The controller (the metadata quorum's leader), if one is known.
+        controller: Option<u32>,
+        /// Every node.
+        nodes: Vec<ClusterNodeInfo>,
+    },
+}
+
+/// A node in [`Response::ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNodeInfo {
+    /// `node.id`.
+    pub id: u32,
+    /// `host:port`.
+    pub address: String,
+    /// Whether the controller counts it alive (heartbeating, not fenced).
+    pub alive: bool,
+    /// Partitions it leads.
+    pub leaders: u32,
+    /// Partition replicas it holds.
+    pub replicas: u32,
 }
 
 /// Stable error codes. Numbers are Kafka's where Kafka has the error; never reused.
@@ -502,6 +609,18 @@ pub enum ErrorCode {
     GroupIdNotFound,
     /// 12: the offset's metadata text is over the node's limit.
     OffsetMetadataTooLarge,
+    /// 5: the partition has no leader right now (election in progress, or
+    /// the whole ISR is down).
+    LeaderNotAvailable,
+    /// 20: the batch was appended, but the ISR shrank below
+    /// `min.insync.replicas` before it was replicated.
+    NotEnoughReplicasAfterAppend,
+    /// 41: this node is not the controller.
+    NotController,
+    /// 74: the request's leader epoch is older than the partition's.
+    FencedLeaderEpoch,
+    /// 75: the request's leader epoch is newer than this node knows.
+    UnknownLeaderEpoch,
 }
 
 impl ErrorCode {
@@ -535,6 +654,11 @@ impl ErrorCode {
             ErrorCode::NonEmptyGroup => 68,
             ErrorCode::GroupIdNotFound => 69,
             ErrorCode::OffsetMetadataTooLarge => 12,
+            ErrorCode::LeaderNotAvailable => 5,
+            ErrorCode::NotEnoughReplicasAfterAppend => 20,
+            ErrorCode::NotController => 41,
+            ErrorCode::FencedLeaderEpoch => 74,
+            ErrorCode::UnknownLeaderEpoch => 75,
         }
     }
 
@@ -548,6 +672,11 @@ impl ErrorCode {
                 | ErrorCode::KafkaStorageError
                 | ErrorCode::ShuttingDown
                 | ErrorCode::ThrottlingQuotaExceeded
+                | ErrorCode::LeaderNotAvailable
+                | ErrorCode::NotEnoughReplicasAfterAppend
+                | ErrorCode::NotController
+                | ErrorCode::FencedLeaderEpoch
+                | ErrorCode::UnknownLeaderEpoch
         )
     }
 }
@@ -726,5 +855,9 @@ mod tests {
         assert_eq!(ErrorCode::UnknownMemberId.code(), 25);
         assert_eq!(ErrorCode::RebalanceInProgress.code(), 27);
         assert_eq!(ErrorCode::GroupIdNotFound.code(), 69);
+        assert_eq!(ErrorCode::NotEnoughReplicas.code(), 19);
+        assert_eq!(ErrorCode::NotEnoughReplicasAfterAppend.code(), 20);
+        assert_eq!(ErrorCode::LeaderNotAvailable.code(), 5);
+        assert_eq!(ErrorCode::FencedLeaderEpoch.code(), 74);
     }
 }

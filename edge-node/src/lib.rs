@@ -5,6 +5,7 @@
 pub mod boards;
 pub mod broker;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod memory;

@@ -133,6 +133,9 @@ pub enum ServeError {
     /// The QUIC listener could not start.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The metadata quorum could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A log could not be closed cleanly; the next start recovers it.
     #[error("shutdown was not clean: {0}")]
     Close(BrokerError),
@@ -164,9 +167,27 @@ pub fn run(config: &NodeConfig, shutdown: Shutdown) -> Result<(), ServeError> {
         }
     };
     info!("listening on {}", server.local_addr());
+    let cluster = if config.is_clustered() {
+        match crate::cluster::Cluster::start(config, &broker, &rt.handle()) {
+            Ok(cluster) => Some(cluster),
+            Err(e) => {
+                rt.block_on(server.shutdown());
+                if let Err(close) = rt.block_on(broker.shutdown()) {
+                    log::warn!("{close}");
+                }
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
 
     let reason = shutdown.wait();
     info!("{reason}, stopping");
+    if let Some(cluster) = &cluster {
+        broker.begin_shutdown();
+        rt.block_on(cluster.shutdown());
+    }
     rt.block_on(server.shutdown());
     let closed = rt.block_on(broker.shutdown());
     drop(rt);

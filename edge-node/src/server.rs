@@ -476,6 +476,7 @@ async fn read_request(
     })?;
     let limit = match header.request {
         Request::Produce { .. } => max_request_bytes,
+        Request::Raft { .. } => eddy_client::protocol::RAFT_PAYLOAD_BYTES_MAX,
         _ => 0,
     };
     let too_long = || {
@@ -856,6 +857,7 @@ pub async fn dispatch(
             .delete_group(&group)
             .await
             .map(|()| (Response::DeleteGroup, none())),
+        other => crate::cluster::dispatch(broker, other, payload).await,
     };
     match result {
         Ok((response, payload)) => (ResponseHeader::Ok(response), payload),

@@ -279,3 +279,229 @@ pub fn listening_addr(log: &str) -> Option<std::net::SocketAddr> {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|a| a.parse().ok())
 }
+
+/// Free UDP ports on 127.0.0.1 (bound and released; another process could
+/// take one in between, which the start-up check would then report).
+pub fn free_udp_ports(count: usize) -> Vec<u16> {
+    let sockets: Vec<std::net::UdpSocket> = (0..count)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("local address").port())
+        .collect()
+}
+
+/// How long a cluster may take to elect a controller and see every node.
+pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A cluster of `eddy` nodes on 127.0.0.1 sharing one CA, for tests. Node
+/// `i` has node id `i`. Nodes can be killed, paused and restarted; dropping
+/// the cluster kills every node still running.
+#[derive(Debug)]
+pub struct TestCluster {
+    dir: PathBuf,
+    ports: Vec<u16>,
+    extra: Vec<String>,
+    /// The running nodes (`None`: killed or stopped).
+    pub nodes: Vec<Option<Node>>,
+    runs: Vec<u32>,
+    paused: Vec<bool>,
+}
+
+impl TestCluster {
+    /// Makes the shared CA and starts `count` nodes with `extra` flags.
+    pub fn start(dir: &Path, count: usize, extra: &[&str]) -> TestCluster {
+        let status = Command::new(eddy_bin())
+            .args(["cluster", "init-ca", "--cert"])
+            .arg(dir.join("ca.pem"))
+            .arg("--key")
+            .arg(dir.join("ca.key"))
+            .status()
+            .expect("run eddy cluster init-ca");
+        assert!(status.success(), "init-ca failed");
+        let mut cluster = TestCluster {
+            dir: dir.to_path_buf(),
+            ports: free_udp_ports(count),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            nodes: (0..count).map(|_| None).collect(),
+            runs: vec![0; count],
+            paused: vec![false; count],
+        };
+        for i in 0..count {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    /// The CA file clients trust.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Node `i`'s address.
+    pub fn addr(&self, i: usize) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.ports[i]))
+    }
+
+    /// Node `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node{i}"))
+    }
+
+    /// Starts (or restarts) node `i`.
+    pub fn start_node(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        let voters: Vec<String> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
+            .collect();
+        self.runs[i] += 1;
+        let out = self.dir.join(format!("node{i}-run{}", self.runs[i]));
+        std::fs::create_dir_all(&out).expect("output dir");
+        let data = self.data_dir(i);
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen".into(),
+            self.addr(i).to_string(),
+            "--node-id".into(),
+            i.to_string(),
+            "--controller-quorum-voters".into(),
+            voters.join(","),
+            "--tls-ca".into(),
+            self.ca_file().display().to_string(),
+            "--tls-ca-key".into(),
+            self.dir.join("ca.key").display().to_string(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        let process = EddyProcess::start(&args, &out).expect("start eddy");
+        let started = wait_until(NODE_START_TIMEOUT, || {
+            listening_addr(&process.stderr()).is_some()
+        });
+        assert!(started, "node {i} did not start:\n{}", process.stderr());
+        self.nodes[i] = Some(Node {
+            process,
+            data_dir: data,
+            addr: self.addr(i),
+        });
+        self.paused[i] = false;
+    }
+
+    /// Kills node `i` with SIGKILL.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            if self.paused[i] {
+                let _ = node.process.signal(libc::SIGCONT);
+            }
+            node.kill9();
+        }
+        self.paused[i] = false;
+    }
+
+    /// Stops node `i` with SIGTERM (bounded wait).
+    pub fn stop(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            if self.paused[i] {
+                let _ = node.process.signal(libc::SIGCONT);
+            }
+            node.stop();
+        }
+        self.paused[i] = false;
+    }
+
+    /// Pauses node `i` with SIGSTOP.
+    pub fn pause(&mut self, i: usize) {
+        if let Some(node) = &self.nodes[i] {
+            node.process.signal(libc::SIGSTOP).expect("SIGSTOP");
+            self.paused[i] = true;
+        }
+    }
+
+    /// Resumes node `i` with SIGCONT.
+    pub fn resume(&mut self, i: usize) {
+        if let Some(node) = &self.nodes[i] {
+            node.process.signal(libc::SIGCONT).expect("SIGCONT");
+            self.paused[i] = false;
+        }
+    }
+
+    /// Whether node `i` runs and is not paused.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].is_some() && !self.paused[i]
+    }
+
+    /// Client options for node `i`, trusting the shared CA.
+    pub fn client_options(&self, i: usize) -> eddy_client::ClientOptions {
+        eddy_client::ClientOptions {
+            server_name: "127.0.0.1".to_owned(),
+            request_timeout_ms: 5000,
+            connect_timeout_ms: 2000,
+            ..eddy_client::ClientOptions::new(self.addr(i).to_string()).with_ca_file(self.ca_file())
+        }
+    }
+
+    /// A client bootstrapped at node `i`.
+    pub fn client(&self, i: usize) -> eddy_client::Client {
+        eddy_client::Client::new(self.client_options(i)).expect("client")
+    }
+
+    /// A client bootstrapped at the first node that is up.
+    pub fn any_client(&self) -> eddy_client::Client {
+        let i = (0..self.nodes.len())
+            .find(|i| self.is_up(*i))
+            .expect("a node is up");
+        self.client(i)
+    }
+
+    /// Waits (bounded) until a controller is elected and `alive` nodes are
+    /// alive in the metadata; panics with the nodes' logs otherwise.
+    pub fn wait_ready(&self, alive: usize) {
+        let ok = wait_until(CLUSTER_READY_TIMEOUT, || {
+            smol::block_on(async {
+                let client = self.any_client();
+                let ready = matches!(
+                    client.cluster_status().await,
+                    Ok((Some(_), nodes)) if nodes.iter().filter(|n| n.alive).count() >= alive
+                );
+                client.close().await;
+                ready
+            })
+        });
+        assert!(ok, "cluster not ready:\n{}", self.logs());
+    }
+
+    /// Every running node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(node) = node {
+                let log = node.process.stderr();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                out.push_str(&format!("--- node {i} ---\n"));
+                for line in tail.into_iter().rev() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.paused[i]
+                && let Some(node) = &self.nodes[i]
+            {
+                let _ = node.process.signal(libc::SIGCONT);
+            }
+            // Each Node's EddyProcess kills its process on drop.
+            self.nodes[i] = None;
+        }
+    }
+}

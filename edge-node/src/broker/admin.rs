@@ -48,7 +48,7 @@ fn storage_error(what: &str, e: impl std::fmt::Display) -> BrokerError {
 
 impl Broker {
     /// Publishes a topic's new state (after its metadata record is durable).
-    fn install_topic(&self, name: &str, topic: Topic) {
+    pub(crate) fn install_topic(&self, name: &str, topic: Topic) {
         self.topics
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -66,7 +66,7 @@ impl Broker {
     }
 
     /// Checks a topic's own configs on top of the node defaults.
-    fn topic_config(
+    pub(crate) fn topic_config(
         &self,
         topic: &str,
         configs: &BTreeMap<String, String>,
@@ -110,13 +110,15 @@ impl Broker {
             ));
         }
         check_partition_count(name, partitions)?;
-        const NODES: u16 = 1;
-        if replication_factor == 0 || replication_factor > NODES {
+        let nodes = self
+            .cluster()
+            .map_or(1, |c| c.settings().voters.len() as u16);
+        if replication_factor == 0 || replication_factor > nodes {
             return Err(BrokerError::new(
                 ErrorCode::InvalidReplicationFactor,
                 format!(
                     "replication factor {replication_factor} is not possible: this cluster has \
-                     {NODES} node; use --replication-factor 1"
+                     {nodes} node(s); use --replication-factor 1 to {nodes}"
                 ),
             ));
         }
@@ -127,6 +129,15 @@ impl Broker {
             }
         }
         let log_config = self.topic_config(name, &map)?;
+        if let Some(cluster) = self.cluster() {
+            let state = TopicState {
+                name: name.to_owned(),
+                partitions,
+                replication_factor,
+                configs: map.into_iter().collect(),
+            };
+            return self.cluster_create(cluster, state).await;
+        }
 
         let _admin = self.admin.lock().await;
         self.check_running()?;
@@ -230,7 +241,7 @@ impl Broker {
 
     /// Renames a partition directory out of the way and removes it. Nothing
     /// to do when it does not exist.
-    fn clear_partition_dir(&self, topic: &str, index: u32) -> Result<(), BrokerError> {
+    pub(crate) fn clear_partition_dir(&self, topic: &str, index: u32) -> Result<(), BrokerError> {
         let dir = self.partition_dir(topic, index);
         if !dir.exists() {
             return Ok(());
@@ -252,6 +263,13 @@ impl Broker {
     /// Deletes a topic and its data.
     pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<(), BrokerError> {
         self.check_running()?;
+        if let Some(cluster) = self.cluster() {
+            cluster
+                .propose(crate::cluster::state::Command::DeleteTopic(name.to_owned()))
+                .await?;
+            self.wait_local(name, false).await;
+            return Ok(());
+        }
         let _admin = self.admin.lock().await;
         self.check_running()?;
         let Some(topic) = self.topic(name) else {
@@ -294,10 +312,18 @@ impl Broker {
         self.check_running()?;
         let _admin = self.admin.lock().await;
         self.check_running()?;
-        let Some(topic) = self.topic(name) else {
-            return Err(super::unknown_topic(name));
+        let clustered = self
+            .cluster()
+            .map(|c| c.state().topics.get(name).map(|t| t.state.clone()));
+        let stored = match clustered {
+            Some(Some(state)) => state,
+            Some(None) => return Err(super::unknown_topic(name)),
+            None => match self.topic(name) {
+                Some(topic) => topic.state.clone(),
+                None => return Err(super::unknown_topic(name)),
+            },
         };
-        let mut map = topic.state.config_map();
+        let mut map = stored.config_map();
         for change in changes {
             match change {
                 ConfigChange::Set(key, value) => {
@@ -318,6 +344,19 @@ impl Broker {
             }
         }
         let log_config = self.topic_config(name, &map)?;
+        if let Some(cluster) = self.cluster() {
+            let configs: Vec<(String, String)> = map.into_iter().collect();
+            cluster
+                .propose(crate::cluster::state::Command::SetConfigs {
+                    name: name.to_owned(),
+                    configs,
+                })
+                .await?;
+            return Ok(());
+        }
+        let Some(topic) = self.topic(name) else {
+            return Err(super::unknown_topic(name));
+        };
         let state = TopicState {
             configs: map.into_iter().collect(),
             ..topic.state.clone()
@@ -347,6 +386,16 @@ impl Broker {
         total: u32,
     ) -> Result<(), BrokerError> {
         self.check_running()?;
+        if let Some(cluster) = self.cluster() {
+            check_partition_count(name, total)?;
+            cluster
+                .propose(crate::cluster::state::Command::CreatePartitions {
+                    name: name.to_owned(),
+                    total,
+                })
+                .await?;
+            return Ok(());
+        }
         let _admin = self.admin.lock().await;
         self.check_running()?;
         let Some(topic) = self.topic(name) else {
@@ -390,6 +439,20 @@ impl Broker {
     /// A topic's configs and per-partition state.
     pub fn describe_topic(&self, name: &str) -> Result<TopicDescription, BrokerError> {
         self.check_running()?;
+        if let Some(cluster) = self.cluster() {
+            let state = cluster.state();
+            let stored = state
+                .topics
+                .get(name)
+                .ok_or_else(|| super::unknown_topic(name))?;
+            let log_config = self.topic_config(name, &stored.state.config_map())?;
+            return Ok(TopicDescription {
+                name: name.to_owned(),
+                configs: stored.state.configs.clone(),
+                effective_configs: log_config.to_props().into_iter().collect(),
+                partitions: self.cluster_partitions(cluster, name)?,
+            });
+        }
         let Some(topic) = self.topic(name) else {
             return Err(super::unknown_topic(name));
         };

@@ -20,6 +20,7 @@ pub mod group;
 pub mod maintenance;
 pub mod metadata;
 pub mod partition;
+pub mod replica;
 
 #[cfg(test)]
 mod tests;
@@ -200,6 +201,10 @@ pub struct Broker {
     maintenance: Mutex<Option<Task<()>>>,
     /// Consumer groups and committed offsets.
     groups: group::Groups,
+    /// The cluster, when `controller-quorum-voters` is set.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The reconciler and ISR tasks of a clustered node.
+    cluster_tasks: Mutex<Vec<Task<()>>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -229,7 +234,13 @@ impl Broker {
         finish_deletes(&data_dir)?;
         let storage: Arc<dyn Storage> = Arc::new(FsStorage);
         let now = now_ms();
-        let (store, states) = MetadataStore::open(storage.clone(), &data_dir, now)?;
+        // In a cluster the topics come from the metadata quorum instead.
+        let (store, states) = if config.is_clustered() {
+            (None, BTreeMap::new())
+        } else {
+            let (store, states) = MetadataStore::open(storage.clone(), &data_dir, now)?;
+            (Some(store), states)
+        };
         let mut topics = BTreeMap::new();
         for (name, state) in states {
             let log_config = topic_defaults
@@ -266,7 +277,9 @@ impl Broker {
             );
         }
         let offsets = group::offsets::OffsetStore::open(storage.clone(), &data_dir, now)?;
-        warn_about_orphans(&data_dir, &topics);
+        if store.is_some() {
+            warn_about_orphans(&data_dir, &topics);
+        }
         info!("opened {} topic(s) in {}", topics.len(), data_dir.display());
         let broker = Arc::new(Broker {
             node_id: config.node_id,
@@ -278,7 +291,7 @@ impl Broker {
             auto_create: config.auto_create_topics_enable,
             retention_check_interval_ms: config.log_retention_check_interval_ms,
             topics: RwLock::new(topics),
-            metadata: Mutex::new(Some(store)),
+            metadata: Mutex::new(store),
             admin: smol::lock::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             shutdown_event: Event::new(),
@@ -287,6 +300,8 @@ impl Broker {
             advertised: RwLock::new(config.listen.to_string()),
             maintenance: Mutex::new(None),
             groups: group::Groups::new(offsets),
+            cluster: std::sync::OnceLock::new(),
+            cluster_tasks: Mutex::new(Vec::new()),
         });
         let task = rt.spawn(maintenance::run(Arc::downgrade(&broker)));
         *lock(&broker.maintenance) = Some(task);
@@ -320,7 +335,7 @@ impl Broker {
         self.shutting_down.load(Ordering::Acquire)
     }
 
-    fn check_running(&self) -> Result<(), BrokerError> {
+    pub(crate) fn check_running(&self) -> Result<(), BrokerError> {
         if self.is_shutting_down() {
             return Err(shutting_down());
         }
@@ -349,6 +364,14 @@ impl Broker {
     async fn topic_or_create(self: &Arc<Self>, name: &str) -> Result<Arc<Topic>, BrokerError> {
         if let Some(topic) = self.topic(name) {
             return Ok(topic);
+        }
+        if let Some(cluster) = self.cluster()
+            && cluster.state().topics.contains_key(name)
+        {
+            return Err(BrokerError::new(
+                ErrorCode::LeaderNotAvailable,
+                format!("topic {name} is being opened on this node; retry in a moment"),
+            ));
         }
         if !self.auto_create || name.starts_with(INTERNAL_PREFIX) {
             return Err(unknown_topic(name));
@@ -413,6 +436,9 @@ impl Broker {
             .ok_or_else(|| unknown_partition(topic, index, t.partitions.len()))?;
         let max_message_bytes = t.log_config.max_message_bytes;
         let compression_type = t.log_config.compression_type;
+        let min_isr = t.log_config.min_insync_replicas;
+        self.check_leader(&p)?;
+        self.check_min_isr(&p, &t.log_config, acks)?;
         drop(t);
         check_codecs(topic, index, &batches)?;
         // The CRC pass runs here, on the request's task, so appends to one
@@ -448,6 +474,13 @@ impl Broker {
             append.or(timeout).await
         } else {
             append.await
+        };
+        let result = match result {
+            Ok(appended) if acks == Acks::All => self
+                .wait_replicated(&p, appended.next_offset, min_isr, timeout_ms)
+                .await
+                .map(|()| appended),
+            other => other,
         };
         match result {
             Ok(appended) => Ok(ProduceResult {
@@ -502,6 +535,7 @@ impl Broker {
     ) -> Result<FetchResult, BrokerError> {
         self.check_running()?;
         let p = self.partition(topic, partition).await?;
+        self.check_leader(&p)?;
         let max_bytes = u64::from(max_bytes.clamp(1, FETCH_RESPONSE_BYTES_MAX));
         let min_bytes = u64::from(min_bytes).min(max_bytes);
         let wait = Duration::from_millis(u64::from(max_wait_ms.min(FETCH_MAX_WAIT_MS_MAX)));
@@ -585,6 +619,7 @@ impl Broker {
     ) -> Result<(Option<u64>, i64), BrokerError> {
         self.check_running()?;
         let p = self.partition(topic, partition).await?;
+        self.check_leader(&p)?;
         let spec = match spec {
             OffsetSpec::Timestamp(-1) => OffsetSpec::Latest,
             OffsetSpec::Timestamp(-2) => OffsetSpec::Earliest,
@@ -620,6 +655,16 @@ impl Broker {
         topics: Option<Vec<String>>,
     ) -> Result<(Vec<NodeInfo>, Vec<TopicMetadata>), BrokerError> {
         self.check_running()?;
+        if let Some(cluster) = self.cluster() {
+            if let Some(names) = &topics {
+                for name in names {
+                    if !cluster.state().topics.contains_key(name) && self.auto_create {
+                        let _ = self.topic_or_create(name).await;
+                    }
+                }
+            }
+            return self.cluster_metadata(cluster, topics);
+        }
         let nodes = vec![NodeInfo {
             id: self.node_id,
             address: self
@@ -676,6 +721,10 @@ impl Broker {
         if let Some(task) = maintenance {
             task.await;
         }
+        let cluster_tasks = std::mem::take(&mut *lock(&self.cluster_tasks));
+        for task in cluster_tasks {
+            task.cancel().await;
+        }
         let _admin = self.admin.lock().await;
         let topics = std::mem::take(&mut *self.topics.write().unwrap_or_else(|p| p.into_inner()));
         let mut first_error = None;
@@ -718,7 +767,7 @@ impl Broker {
     }
 }
 
-fn shutting_down() -> BrokerError {
+pub(crate) fn shutting_down() -> BrokerError {
     BrokerError::new(
         ErrorCode::ShuttingDown,
         "the node is shutting down; retry once it is back",

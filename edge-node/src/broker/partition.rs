@@ -35,8 +35,71 @@ use eddy_client::protocol::ErrorCode;
 pub const APPEND_QUEUE_REQUESTS_MAX: usize = 256;
 /// Most queued requests one writer round appends before it answers.
 pub const APPEND_GROUP_REQUESTS_MAX: usize = 256;
-/// Leader epoch stamped on appended batches (a single node never changes leader).
+/// Leader epoch stamped on appended batches by a single node (it never
+/// changes leader).
 pub const LEADER_EPOCH: i32 = 0;
+
+/// What this node is for a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A single node without a cluster: always the leader, epoch
+    /// [`LEADER_EPOCH`], the high watermark is the log end.
+    Single,
+    /// The leader in a cluster.
+    Leader(LeaderState),
+    /// A follower fetching from `leader`.
+    Follower {
+        /// The leader's node id.
+        leader: u32,
+        /// The leader epoch followed.
+        epoch: i32,
+    },
+    /// Not serving: no leader, or not a replica here.
+    Offline {
+        /// The latest leader epoch known.
+        epoch: i32,
+    },
+}
+
+/// A follower's progress as its leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerProgress {
+    /// Its log end offset (the offset of its last fetch).
+    pub leo: u64,
+    /// When it last fetched up to the leader's log end (ms).
+    pub caught_up_ms: i64,
+}
+
+/// A leader's replication state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderState {
+    /// This node.
+    pub me: u32,
+    /// The leader epoch.
+    pub epoch: i32,
+    /// Where the epoch started in the log.
+    pub epoch_start: u64,
+    /// Every replica.
+    pub replicas: Vec<u32>,
+    /// The in-sync replicas, as committed in the metadata.
+    pub isr: Vec<u32>,
+    /// Followers' progress, by node id.
+    pub followers: std::collections::BTreeMap<u32, FollowerProgress>,
+    /// When this leader last proposed an ISR change (ms), to pace them.
+    pub isr_proposed_ms: i64,
+}
+
+impl LeaderState {
+    /// The high watermark: the smallest log end offset in the ISR (this
+    /// leader's is `leader_end`).
+    pub fn high_watermark(&self, leader_end: u64) -> u64 {
+        self.isr
+            .iter()
+            .filter(|r| **r != self.me)
+            .map(|r| self.followers.get(r).map_or(0, |f| f.leo))
+            .fold(leader_end, u64::min)
+    }
+}
 
 /// What a successful append tells the producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +110,8 @@ pub struct Appended {
     pub log_append_time: i64,
     /// The partition's log start offset.
     pub log_start_offset: u64,
+    /// Offset after the last record.
+    pub next_offset: u64,
 }
 
 type Reply = async_channel::Sender<Result<Appended, BrokerError>>;
@@ -70,6 +135,13 @@ pub struct Partition {
     writer: Mutex<Option<Task<()>>>,
     /// Group-commit fsyncs finished by the writer.
     syncs: AtomicU64,
+    /// This node's role for the partition.
+    role: Mutex<Role>,
+    /// Notified after every append (replica fetches wait on it) and on
+    /// role changes.
+    appended: Event,
+    /// The follower's fetcher task, while following.
+    fetcher: Mutex<Option<Task<()>>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -89,17 +161,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Partition {
     /// Wraps an open log and starts its writer task.
-    pub fn start(
+    pub fn start(topic: &str, index: u32, log: PartitionLog, rt: &RuntimeHandle) -> Arc<Partition> {
+        Self::start_with_role(topic, index, log, rt, Role::Single)
+    }
+
+    /// Wraps an open log with a starting role and starts its writer task.
+    pub fn start_with_role(
         topic: &str,
         index: u32,
         mut log: PartitionLog,
         rt: &RuntimeHandle,
+        role: Role,
     ) -> Arc<Partition> {
         // One replica: everything the log holds after recovery is committed. (The
-        // checkpointed high watermark lags after a crash; replication will instead
-        // restore it from the leader.)
-        let end = log.log_end_offset();
-        log.set_high_watermark(end);
+        // checkpointed high watermark lags after a crash; in a cluster it is
+        // restored from the leader instead.)
+        if role == Role::Single {
+            let end = log.log_end_offset();
+            log.set_high_watermark(end);
+        }
         let hw = log.high_watermark();
         let (queue, requests) = async_channel::bounded(APPEND_QUEUE_REQUESTS_MAX);
         let partition = Arc::new(Partition {
@@ -111,6 +191,9 @@ impl Partition {
             queue,
             writer: Mutex::new(None),
             syncs: AtomicU64::new(0),
+            role: Mutex::new(role),
+            appended: Event::new(),
+            fetcher: Mutex::new(None),
         });
         let task = rt.spawn(Writer::new(partition.clone(), requests).run());
         *lock(&partition.writer) = Some(task);
@@ -120,6 +203,67 @@ impl Partition {
     /// The partition number.
     pub fn index(&self) -> u32 {
         self.index
+    }
+
+    /// The topic name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// This node's role.
+    pub fn role(&self) -> Role {
+        lock(&self.role).clone()
+    }
+
+    /// Runs `f` on the role under its lock (never across an await).
+    pub fn with_role<R>(&self, f: impl FnOnce(&mut Role) -> R) -> R {
+        f(&mut lock(&self.role))
+    }
+
+    /// Notified after appends and role changes.
+    pub fn appended_event(&self) -> &Event {
+        &self.appended
+    }
+
+    /// Replaces the fetcher task (dropping the old one cancels it).
+    pub fn set_fetcher(&self, task: Option<Task<()>>) {
+        let old = std::mem::replace(&mut *lock(&self.fetcher), task);
+        drop(old);
+    }
+
+    /// A leader recomputes its high watermark from the ISR's log end
+    /// offsets; a single node uses its log end.
+    pub fn advance_hw(&self, log: &mut PartitionLog) {
+        let end = log.log_end_offset();
+        let hw = match &*lock(&self.role) {
+            Role::Single => end,
+            Role::Leader(l) => l.high_watermark(end),
+            _ => return,
+        };
+        self.publish_hw(log, hw);
+    }
+
+    /// A follower takes the leader's high watermark (bounded by its own
+    /// log end).
+    pub fn follower_hw(&self, log: &mut PartitionLog, leader_hw: u64) {
+        let hw = leader_hw.min(log.log_end_offset());
+        if hw != log.high_watermark() {
+            log.set_high_watermark(hw);
+            self.hw.store(log.high_watermark(), Ordering::Release);
+            self.hw_moved.notify(usize::MAX);
+        }
+    }
+
+    /// Publishes a high watermark read from the log after a truncation.
+    pub fn sync_hw(&self, log: &PartitionLog) {
+        self.hw.store(log.high_watermark(), Ordering::Release);
+        self.hw_moved.notify(usize::MAX);
+    }
+
+    /// Wakes everything waiting on this partition (role change).
+    pub fn wake_all(&self) {
+        self.hw_moved.notify(usize::MAX);
+        self.appended.notify(usize::MAX);
     }
 
     /// The high watermark as last published by the writer.
@@ -200,6 +344,10 @@ impl Partition {
     /// Stops the writer after it has answered every queued append, then closes
     /// the log (flush and checkpoints, so the next open needs no recovery).
     pub async fn close(&self) -> Result<(), LogError> {
+        let fetcher = lock(&self.fetcher).take();
+        if let Some(fetcher) = fetcher {
+            fetcher.cancel().await;
+        }
         self.queue.close();
         let writer = lock(&self.writer).take();
         if let Some(writer) = writer {
@@ -220,6 +368,16 @@ impl Partition {
             self.hw_moved.notify(usize::MAX);
         }
     }
+}
+
+/// The error for a partition this node does not lead.
+pub fn not_leader(topic: &str, partition: u32) -> BrokerError {
+    BrokerError::new(
+        ErrorCode::NotLeaderOrFollower,
+        format!(
+            "this node does not lead {topic}-{partition}; refresh metadata and send to the leader"
+        ),
+    )
 }
 
 /// Maps a log error on the produce path to the wire error.
@@ -366,9 +524,20 @@ impl Writer {
             };
             let durable_acks = log.config().flush_messages == Some(1);
             let mut appended_now = false;
+            let epoch = match &*lock(&p.role) {
+                Role::Single => Some(LEADER_EPOCH),
+                Role::Leader(l) => Some(l.epoch),
+                _ => None,
+            };
+            let Some(epoch) = epoch else {
+                drop(guard);
+                for r in group {
+                    let _ = r.reply.try_send(Err(not_leader(&p.topic, p.index)));
+                }
+                return;
+            };
             for mut request in group {
-                match log.append_validated(&mut request.batches, request.checked, LEADER_EPOCH, now)
-                {
+                match log.append_validated(&mut request.batches, request.checked, epoch, now) {
                     Ok(info) => {
                         self.flush_armed = true;
                         let answer = appended(&info, log.log_start_offset());
@@ -386,9 +555,9 @@ impl Writer {
                 }
             }
             if appended_now {
-                let end = log.log_end_offset();
-                p.publish_hw(log, end);
+                p.advance_hw(log);
             }
+            p.appended.notify(usize::MAX);
         }
         for (reply, answer) in answers {
             // The requester may have gone (connection closed); nothing to do then.
@@ -443,7 +612,10 @@ impl Writer {
                 .finish_sync(job, result)
                 .map_err(|e| append_error(&p.topic, p.index, e))?;
             if log.config().flush_messages == Some(1) || !self.waiting.is_empty() {
-                p.publish_hw(log, durable);
+                match p.role() {
+                    Role::Single => p.publish_hw(log, durable),
+                    _ => p.advance_hw(log),
+                }
             }
             Ok(durable)
         });
@@ -479,5 +651,6 @@ fn appended(info: &AppendInfo, log_start_offset: u64) -> Appended {
         base_offset: info.base_offset,
         log_append_time: info.log_append_time,
         log_start_offset,
+        next_offset: info.last_offset + 1,
     }
 }

@@ -1,9 +1,13 @@
-//! `eddy cluster`: the shared CA of a cluster (`init-ca`).
+//! `eddy cluster`: the shared CA of a cluster (`init-ca`), the nodes and
+//! the controller (`status`), preferred leader election (`elect-leaders`).
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+
+use super::format::table;
+use super::{ConnectArgs, explain};
 
 /// Arguments of `eddy cluster`.
 #[derive(Debug, Args)]
@@ -11,6 +15,9 @@ pub struct ClusterArgs {
     /// What to do.
     #[command(subcommand)]
     pub command: ClusterCommand,
+    /// Where the node is.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// The `eddy cluster` subcommands.
@@ -24,6 +31,17 @@ pub enum ClusterCommand {
         /// Where to write the CA private key (PEM, mode 0600); only nodes need it.
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+    },
+    /// The nodes, whether each is alive, and which is the controller.
+    Status,
+    /// Move partition leadership back to the preferred (first) replica.
+    ElectLeaders {
+        /// Preferred leader election (the only kind).
+        #[arg(long, required = true)]
+        preferred: bool,
+        /// Only this topic.
+        #[arg(long, value_name = "TOPIC")]
+        topic: Option<String>,
     },
 }
 
@@ -50,5 +68,50 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ClusterCommand::Status => smol::block_on(async {
+            let client = args.connect.connect().await?;
+            let (controller, nodes) = client.cluster_status().await.map_err(explain)?;
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.id.to_string(),
+                        n.address.clone(),
+                        if n.alive { "alive" } else { "fenced" }.to_owned(),
+                        if controller == Some(n.id) { "yes" } else { "" }.to_owned(),
+                        n.leaders.to_string(),
+                        n.replicas.to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "NODE",
+                        "ADDRESS",
+                        "STATE",
+                        "CONTROLLER",
+                        "LEADERS",
+                        "REPLICAS"
+                    ],
+                    &rows
+                )
+            );
+            if controller.is_none() {
+                eprintln!(
+                    "no controller elected: a majority of controller-quorum-voters must be up"
+                );
+            }
+            client.close().await;
+            Ok(())
+        }),
+        ClusterCommand::ElectLeaders { topic, .. } => smol::block_on(async {
+            let client = args.connect.connect().await?;
+            let elected = client.elect_leaders(topic.clone()).await.map_err(explain)?;
+            println!("{elected} partition(s) moved to their preferred leader");
+            client.close().await;
+            Ok(())
+        }),
     }
 }

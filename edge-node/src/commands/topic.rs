@@ -182,7 +182,11 @@ pub fn describe_text(description: &eddy_client::TopicDescription, all_configs: b
         .map(|p| {
             vec![
                 p.partition.to_string(),
-                p.leader.to_string(),
+                if p.leader == eddy_client::protocol::NO_LEADER {
+                    "none".to_owned()
+                } else {
+                    p.leader.to_string()
+                },
                 list(&p.replicas),
                 list(&p.isr),
                 p.log_start_offset.to_string(),

@@ -1,0 +1,689 @@
+//! Black-box replication tests: three real `eddy` nodes on 127.0.0.1 with a
+//! Raft metadata quorum, killed (`kill -9`), paused (SIGSTOP/SIGCONT) and
+//! restarted, checked with the real client.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eddy_client::protocol::{Acks, ConfigChange, ErrorCode, NO_LEADER};
+use eddy_client::{
+    Client, ClientOptions, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
+};
+use eddy_core::batch::BatchIter;
+use eddy_core::config::LogConfig;
+use eddy_core::log::PartitionLog;
+use eddy_core::storage::FsStorage;
+use eddy_tests::{TestCluster, wait_until};
+
+/// Most time any wait below takes.
+const WAIT: Duration = Duration::from_secs(60);
+/// Timeouts that keep failover quick in tests.
+const FAST: &[&str] = &[
+    "--broker-session-timeout-ms",
+    "1500",
+    "--broker-heartbeat-interval-ms",
+    "200",
+    "--replica-lag-time-max-ms",
+    "2000",
+    "--leader-imbalance-check-interval-seconds",
+    "3600",
+];
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+fn producer(client: &Client) -> Producer {
+    Producer::new(
+        client.clone(),
+        ProducerConfig {
+            acks: Acks::All,
+            // No retries: an acknowledged record was sent exactly once, so it
+            // must be read back exactly once.
+            retries: 0,
+            linger_ms: 0,
+            max_in_flight_requests_per_connection: 1,
+            request_timeout_ms: 5000,
+            delivery_timeout_ms: 10_000,
+            ..ProducerConfig::default()
+        },
+    )
+    .expect("producer")
+}
+
+async fn leader(client: &Client, topic: &str, partition: u32) -> Option<u32> {
+    let metadata = client.metadata(Some(vec![topic.to_owned()])).await.ok()?;
+    let t = metadata.topics.into_iter().find(|t| t.name == topic)?;
+    t.partitions
+        .into_iter()
+        .find(|(p, _)| *p == partition)
+        .map(|(_, l)| l)
+        .filter(|l| *l != NO_LEADER)
+}
+
+async fn isr(client: &Client, topic: &str, partition: u32) -> Option<Vec<u32>> {
+    let d = client.describe_topic(topic).await.ok()?;
+    d.partitions
+        .into_iter()
+        .find(|p| p.partition == partition)
+        .map(|p| p.isr)
+}
+
+/// Reads every record of `topic`-0 up to its high watermark (through any
+/// live node), as (offset, value).
+async fn read_all(client: &Client, topic: &str) -> Vec<(u64, Vec<u8>)> {
+    let deadline = Instant::now() + WAIT;
+    let hw = loop {
+        if let Ok(c) = client.for_partition(topic, 0).await {
+            match c
+                .list_offsets(topic, 0, eddy_client::protocol::OffsetSpec::Latest)
+                .await
+            {
+                Ok(o) => break o.offset.unwrap_or(0),
+                Err(_) => client.forget_leader(topic, 0),
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader to read {topic} from");
+        smol::Timer::after(Duration::from_millis(100)).await;
+    };
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default()).expect("consumer");
+    consumer.assign(vec![(topic.to_owned(), 0)]);
+    let mut out = Vec::new();
+    while (out.len() as u64) < hw && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)).await {
+            Ok(records) => out.extend(
+                records
+                    .into_iter()
+                    .map(|r| (r.offset, r.value.unwrap_or_default())),
+            ),
+            Err(e) if e.is_retriable() => {
+                smol::Timer::after(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("consume {topic}: {e}"),
+        }
+    }
+    assert_eq!(
+        out.len() as u64,
+        hw,
+        "read {topic} up to its high watermark"
+    );
+    out
+}
+
+/// The record batches of a stopped node's copy of `topic`-0 below `upto`.
+fn replica_bytes(data_dir: &Path, topic: &str, upto: u64) -> Vec<u8> {
+    let dir = data_dir.join(format!("{topic}-0"));
+    let log = PartitionLog::open(Arc::new(FsStorage), &dir, LogConfig::default(), 0)
+        .expect("open a replica");
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < upto {
+        let Some(slice) = log.read(offset, 1 << 20, upto).expect("read") else {
+            break;
+        };
+        let bytes = slice.read_to_vec().expect("read bytes");
+        for batch in BatchIter::new(&bytes) {
+            let batch = batch.expect("valid batch");
+            if batch.header.base_offset < upto {
+                out.extend_from_slice(batch.bytes);
+            }
+        }
+        offset = slice.next_offset;
+    }
+    out
+}
+
+fn values(records: &[(u64, Vec<u8>)]) -> Vec<String> {
+    records
+        .iter()
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// Asserts every acknowledged value appears exactly once, in the order it
+/// was acknowledged.
+fn assert_acked_once_in_order(acked: &[String], read: &[String], context: &str) {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in read {
+        *seen.entry(v.as_str()).or_default() += 1;
+    }
+    for v in acked {
+        assert_eq!(
+            seen.get(v.as_str()).copied().unwrap_or(0),
+            1,
+            "{context}: acknowledged record {v} must be read back exactly once"
+        );
+    }
+    let acked_set: BTreeSet<&str> = acked.iter().map(String::as_str).collect();
+    let order: Vec<&str> = read
+        .iter()
+        .map(String::as_str)
+        .filter(|v| acked_set.contains(v))
+        .collect();
+    let expected: Vec<&str> = acked.iter().map(String::as_str).collect();
+    assert_eq!(
+        order, expected,
+        "{context}: acknowledged records out of order"
+    );
+}
+
+fn create(client: &Client, topic: &str, rf: u16, configs: &[(&str, &str)]) {
+    smol::block_on(async {
+        let configs = configs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        client
+            .create_topic(topic, 1, rf, configs)
+            .await
+            .expect("create topic");
+    });
+}
+
+fn wait_leader(cluster: &TestCluster, topic: &str, not: Option<u32>) -> u32 {
+    let mut found = None;
+    let ok = wait_until(WAIT, || {
+        found = smol::block_on(async {
+            let c = cluster.any_client();
+            let l = leader(&c, topic, 0).await;
+            c.close().await;
+            l
+        })
+        .filter(|l| Some(*l) != not && cluster.is_up(*l as usize));
+        found.is_some()
+    });
+    assert!(ok, "no leader for {topic}:\n{}", cluster.logs());
+    found.unwrap_or(NO_LEADER)
+}
+
+fn wait_isr(cluster: &TestCluster, topic: &str, want: impl Fn(&[u32]) -> bool, what: &str) {
+    let ok = wait_until(WAIT, || {
+        smol::block_on(async {
+            let c = cluster.any_client();
+            let found = isr(&c, topic, 0).await;
+            c.close().await;
+            found.is_some_and(|isr| want(&isr))
+        })
+    });
+    assert!(ok, "{what}:\n{}", cluster.logs());
+}
+
+#[test]
+fn leader_kill9_during_acks_all_loses_no_acknowledged_record() {
+    let dir = tmp();
+    let mut cluster = TestCluster::start(dir.path(), 3, FAST);
+    cluster.wait_ready(3);
+    let client = cluster.any_client();
+    create(&client, "orders", 3, &[("min.insync.replicas", "2")]);
+    let old = wait_leader(&cluster, "orders", None);
+    wait_isr(&cluster, "orders", |isr| isr.len() == 3, "full ISR");
+
+    // Produce through a client bootstrapped at a node that survives.
+    let survivor = (0..3).find(|i| *i != old as usize).unwrap_or(0);
+    let client = cluster.client(survivor);
+    let p = producer(&client);
+    let mut acked = Vec::new();
+    let mut failed = 0u32;
+    let mut killed_at = None;
+    let mut failover = None;
+    smol::block_on(async {
+        let deadline = Instant::now() + WAIT;
+        let mut i = 0u32;
+        while acked.len() < 600 && Instant::now() < deadline {
+            let value = format!("r{i:06}");
+            i += 1;
+            let result = match p.send(ProducerRecord::new("orders", value.clone())).await {
+                Ok(f) => f.await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(_) => {
+                    if let Some(at) = killed_at
+                        && failover.is_none()
+                    {
+                        failover = Some(Instant::now().duration_since(at));
+                    }
+                    acked.push(value);
+                }
+                Err(_) => {
+                    failed += 1;
+                    smol::Timer::after(Duration::from_millis(20)).await;
+                }
+            }
+            if acked.len() == 200 && killed_at.is_none() {
+                cluster.kill9(old as usize);
+                killed_at = Some(Instant::now());
+            }
+        }
+    });
+    assert_eq!(acked.len(), 600, "production stalled:\n{}", cluster.logs());
+    let new = wait_leader(&cluster, "orders", Some(old));
+    println!(
+        "leader {old} killed: node {new} leads; first acknowledged write after {:?}; {failed} \
+         send(s) failed meanwhile",
+        failover
+    );
+    let read = smol::block_on(read_all(&client, "orders"));
+    assert_acked_once_in_order(&acked, &values(&read), "after leader kill -9");
+    smol::block_on(p.close());
+}
+
+#[test]
+fn a_stopped_follower_leaves_the_isr_truncates_by_epoch_and_rejoins() {
+    let dir = tmp();
+    let mut cluster = TestCluster::start(dir.path(), 3, FAST);
+    cluster.wait_ready(3);
+    let client = cluster.any_client();
+    create(&client, "t", 3, &[("min.insync.replicas", "1")]);
+    let leader0 = wait_leader(&cluster, "t", None) as usize;
+    wait_isr(&cluster, "t", |isr| isr.len() == 3, "full ISR");
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader0).collect();
+    let (a, b) = (others[0], others[1]);
+
+    // 1. A paused follower leaves the ISR, and rejoins after SIGCONT.
+    let p = producer(&cluster.client(a));
+    cluster.pause(b);
+    smol::block_on(async {
+        for i in 0..50 {
+            p.send_and_wait(ProducerRecord::new("t", format!("before-{i}")))
+                .await
+                .expect("acks=all with min.insync.replicas=1");
+        }
+    });
+    wait_isr(
+        &cluster,
+        "t",
+        |isr| !isr.contains(&(b as u32)),
+        "paused follower leaves the ISR",
+    );
+    cluster.resume(b);
+    wait_isr(
+        &cluster,
+        "t",
+        |isr| isr.contains(&(b as u32)),
+        "resumed follower rejoins",
+    );
+
+    // 2. Divergence: the leader appends records (acks=1) that no follower
+    // gets, then pauses; the others elect a new leader that takes other
+    // records at the same offsets. The old leader must truncate its own by
+    // leader epoch when it returns.
+    let to_old = Producer::new(
+        cluster.client(leader0),
+        ProducerConfig {
+            acks: Acks::Leader,
+            retries: 0,
+            linger_ms: 0,
+            ..ProducerConfig::default()
+        },
+    )
+    .expect("producer");
+    smol::block_on(async {
+        // Route to the current leader first, then cut its followers off.
+        to_old
+            .send_and_wait(ProducerRecord::new("t", "replicated"))
+            .await
+            .expect("acks=1");
+    });
+    cluster.pause(a);
+    cluster.pause(b);
+    smol::block_on(async {
+        for i in 0..20 {
+            to_old
+                .send_and_wait(ProducerRecord::new("t", format!("divergent-{i}")))
+                .await
+                .expect("acks=1 on the isolated leader");
+        }
+    });
+    cluster.pause(leader0);
+    cluster.resume(a);
+    cluster.resume(b);
+    let new = wait_leader(&cluster, "t", Some(leader0 as u32));
+    let p = producer(&cluster.client(a));
+    let mut acked = Vec::new();
+    smol::block_on(async {
+        let deadline = Instant::now() + WAIT;
+        while acked.len() < 30 && Instant::now() < deadline {
+            let v = format!("after-{}", acked.len());
+            match p.send_and_wait(ProducerRecord::new("t", v.clone())).await {
+                Ok(_) => acked.push(v),
+                Err(_) => {
+                    smol::Timer::after(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    assert_eq!(
+        acked.len(),
+        30,
+        "new leader {new} takes writes:\n{}",
+        cluster.logs()
+    );
+    cluster.resume(leader0);
+    wait_isr(
+        &cluster,
+        "t",
+        |isr| isr.len() == 3,
+        "the old leader truncates, catches up and rejoins the ISR",
+    );
+    let old_log = cluster.nodes[leader0]
+        .as_ref()
+        .map(|n| n.process.stderr())
+        .unwrap_or_default();
+    assert!(
+        old_log.contains("truncating from"),
+        "the old leader truncated by leader epoch:\n{old_log}"
+    );
+    let read = values(&smol::block_on(read_all(&cluster.client(a), "t")));
+    assert!(
+        !read.iter().any(|v| v.starts_with("divergent-")),
+        "divergent records are gone"
+    );
+    assert_acked_once_in_order(&acked, &read, "after the new leader");
+
+    // 3. Every replica holds the same bytes up to the high watermark.
+    let hw = smol::block_on(async {
+        let c = cluster
+            .client(a)
+            .for_partition("t", 0)
+            .await
+            .expect("leader");
+        c.list_offsets("t", 0, eddy_client::protocol::OffsetSpec::Latest)
+            .await
+            .expect("hw")
+            .offset
+            .unwrap_or(0)
+    });
+    wait_until(WAIT, || {
+        smol::block_on(async {
+            let mut all = true;
+            for i in 0..3 {
+                let d = cluster.client(i).describe_topic("t").await;
+                all &= d.is_ok_and(|d| d.partitions[0].log_end_offset >= hw);
+            }
+            all
+        })
+    });
+    for i in 0..3 {
+        cluster.stop(i);
+    }
+    let first = replica_bytes(&cluster.data_dir(0), "t", hw);
+    assert!(!first.is_empty());
+    for i in 1..3 {
+        assert!(
+            replica_bytes(&cluster.data_dir(i), "t", hw) == first,
+            "replica {i} differs below the high watermark {hw}"
+        );
+    }
+}
+
+#[test]
+fn unclean_election_off_keeps_the_partition_offline_on_turns_it_back() {
+    let dir = tmp();
+    let mut cluster = TestCluster::start(dir.path(), 3, FAST);
+    cluster.wait_ready(3);
+    let client = cluster.any_client();
+    // Two replicas on a three-node cluster, so the third keeps the quorum.
+    create(
+        &client,
+        "u",
+        2,
+        &[
+            ("min.insync.replicas", "1"),
+            ("unclean.leader.election.enable", "false"),
+        ],
+    );
+    let x = wait_leader(&cluster, "u", None) as usize;
+    wait_isr(&cluster, "u", |isr| isr.len() == 2, "full ISR");
+    let replicas = smol::block_on(client.describe_topic("u"))
+        .expect("describe")
+        .partitions[0]
+        .replicas
+        .clone();
+    let y = replicas
+        .iter()
+        .map(|r| *r as usize)
+        .find(|r| *r != x)
+        .unwrap_or(0);
+    let z = (0..3).find(|i| *i != x && *i != y).unwrap_or(0);
+
+    // The follower dies; the leader alone is the ISR and takes writes.
+    cluster.kill9(y);
+    wait_isr(
+        &cluster,
+        "u",
+        |isr| isr == [x as u32],
+        "ISR shrinks to the leader",
+    );
+    let p = producer(&cluster.client(z));
+    smol::block_on(async {
+        for i in 0..10 {
+            p.send_and_wait(ProducerRecord::new("u", format!("only-on-leader-{i}")))
+                .await
+                .expect("produce");
+        }
+    });
+    // The whole ISR dies; the stale replica comes back.
+    cluster.kill9(x);
+    cluster.start_node(y);
+    cluster.wait_ready(2);
+    let client = cluster.client(z);
+    // Offline: no leader, produce refused, for several seconds.
+    let offline_since = Instant::now();
+    while offline_since.elapsed() < Duration::from_secs(5) {
+        assert_eq!(
+            smol::block_on(leader(&client, "u", 0)),
+            None,
+            "stays offline"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let refused = smol::block_on(async {
+        let c = cluster.client(y);
+        let result = c
+            .list_offsets("u", 0, eddy_client::protocol::OffsetSpec::Latest)
+            .await;
+        result.err().and_then(|e| e.code())
+    });
+    assert!(
+        matches!(
+            refused,
+            Some(ErrorCode::LeaderNotAvailable | ErrorCode::NotLeaderOrFollower)
+        ),
+        "{refused:?}"
+    );
+    // Unclean election on: the stale replica leads, the partition is back.
+    smol::block_on(client.alter_configs(
+        "u",
+        vec![ConfigChange::Set(
+            "unclean.leader.election.enable".into(),
+            "true".into(),
+        )],
+    ))
+    .expect("alter");
+    let back = wait_leader(&cluster, "u", None);
+    assert_eq!(back as usize, y);
+    smol::block_on(async {
+        p.send_and_wait(ProducerRecord::new("u", "after-unclean"))
+            .await
+            .expect("produce after unclean election")
+    });
+    let read = values(&smol::block_on(read_all(&client, "u")));
+    assert!(read.contains(&"after-unclean".to_owned()));
+    assert!(
+        !read.iter().any(|v| v.starts_with("only-on-leader-")),
+        "records only the dead ISR had are lost (the price of unclean election)"
+    );
+}
+
+/// A tiny deterministic generator (SplitMix64), so a seed replays the schedule.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn randomized_faults_lose_no_acknowledged_record() {
+    let seed = std::env::var("EDDY_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    println!("fault schedule seed {seed} (replay with EDDY_FAULT_SEED={seed})");
+    let result = std::panic::catch_unwind(|| fault_schedule(seed));
+    if let Err(e) = result {
+        eprintln!("FAILED with seed {seed}; replay with EDDY_FAULT_SEED={seed}");
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn fault_schedule(seed: u64) {
+    let mut rng = Rng(seed);
+    let dir = tmp();
+    let mut cluster = TestCluster::start(dir.path(), 3, FAST);
+    cluster.wait_ready(3);
+    let client = cluster.any_client();
+    create(&client, "chaos", 3, &[("min.insync.replicas", "2")]);
+    wait_isr(&cluster, "chaos", |isr| isr.len() == 3, "full ISR");
+
+    // Producers and a consumer run on their own threads, on clients
+    // bootstrapped at different nodes, while the schedule runs.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let options: Vec<ClientOptions> = (0..3).map(|i| cluster.client_options(i)).collect();
+    let producers: Vec<_> = (0..2)
+        .map(|w| {
+            let stop = stop.clone();
+            let options = options[w].clone();
+            std::thread::spawn(move || {
+                smol::block_on(async {
+                    let client = Client::new(options).expect("client");
+                    let p = producer(&client);
+                    let mut acked = Vec::new();
+                    let mut i = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let v = format!("w{w}-{i:06}");
+                        i += 1;
+                        let sent = match p.send(ProducerRecord::new("chaos", v.clone())).await {
+                            Ok(f) => f.await,
+                            Err(e) => Err(e),
+                        };
+                        match sent {
+                            Ok(_) => acked.push(v),
+                            Err(_) => {
+                                smol::Timer::after(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                    p.close().await;
+                    acked
+                })
+            })
+        })
+        .collect();
+    let consumer = {
+        let stop = stop.clone();
+        let options = options[2].clone();
+        std::thread::spawn(move || {
+            smol::block_on(async {
+                let client = Client::new(options).expect("client");
+                let mut c = Consumer::new(client, ConsumerConfig::default()).expect("consumer");
+                c.assign(vec![("chaos".to_owned(), 0)]);
+                let mut seen = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(records) = c.poll(Duration::from_millis(200)).await {
+                        seen += records.len();
+                    }
+                }
+                seen
+            })
+        })
+    };
+
+    // The schedule: at most one node down or paused at a time (so the
+    // quorum and min.insync.replicas=2 can hold), ~40 s.
+    let schedule_end = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < schedule_end {
+        let victim = rng.below(3) as usize;
+        let action = rng.below(3);
+        let hold = Duration::from_millis(500 + rng.below(2500));
+        match action {
+            0 => {
+                println!("kill -9 node {victim}, restart after {hold:?}");
+                cluster.kill9(victim);
+                std::thread::sleep(hold);
+                cluster.start_node(victim);
+            }
+            1 => {
+                println!("SIGSTOP node {victim} for {hold:?}");
+                cluster.pause(victim);
+                std::thread::sleep(hold);
+                cluster.resume(victim);
+            }
+            _ => {
+                println!("SIGTERM node {victim}, restart after {hold:?}");
+                cluster.stop(victim);
+                std::thread::sleep(hold);
+                cluster.start_node(victim);
+            }
+        }
+        // Let the cluster settle a little between faults.
+        std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
+    }
+    cluster.wait_ready(3);
+    wait_isr(&cluster, "chaos", |isr| isr.len() == 3, "ISR heals");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<Vec<String>> = producers
+        .into_iter()
+        .map(|h| h.join().expect("producer thread"))
+        .collect();
+    let consumed = consumer.join().expect("consumer thread");
+    let read = values(&smol::block_on(read_all(&cluster.any_client(), "chaos")));
+    for (w, acked) in acked.iter().enumerate() {
+        assert!(!acked.is_empty(), "producer {w} got acknowledgements");
+        assert_acked_once_in_order(acked, &read, &format!("seed {seed}, producer {w}"));
+    }
+    println!(
+        "seed {seed}: {} + {} acknowledged, {} read, consumer saw {consumed}",
+        acked[0].len(),
+        acked[1].len(),
+        read.len()
+    );
+    // Identical replicas up to the high watermark.
+    let hw = read.len() as u64;
+    wait_until(WAIT, || {
+        smol::block_on(async {
+            let mut all = true;
+            for i in 0..3 {
+                let d = cluster.client(i).describe_topic("chaos").await;
+                all &= d.is_ok_and(|d| d.partitions[0].log_end_offset >= hw);
+            }
+            all
+        })
+    });
+    for i in 0..3 {
+        cluster.stop(i);
+    }
+    let first = replica_bytes(&cluster.data_dir(0), "chaos", hw);
+    for i in 1..3 {
+        assert!(
+            replica_bytes(&cluster.data_dir(i), "chaos", hw) == first,
+            "seed {seed}: replica {i} differs below the high watermark {hw}"
+        );
+    }
+}
