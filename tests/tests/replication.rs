@@ -329,6 +329,9 @@ fn a_stopped_follower_leaves_the_isr_truncates_by_epoch_and_rejoins() {
     });
     cluster.pause(a);
     cluster.pause(b);
+    // Fetches the followers had waiting at the leader expire (answered into
+    // paused processes) before the divergent appends.
+    std::thread::sleep(Duration::from_millis(1500));
     smol::block_on(async {
         for i in 0..20 {
             to_old
@@ -470,7 +473,10 @@ fn unclean_election_off_keeps_the_partition_offline_on_turns_it_back() {
     cluster.start_node(y);
     cluster.wait_ready(2);
     let client = cluster.client(z);
-    // Offline: no leader, produce refused, for several seconds.
+    // Offline: once the dead leader is fenced there is no leader, and it
+    // stays so (several seconds), with reads and writes refused.
+    let fenced = wait_until(WAIT, || smol::block_on(leader(&client, "u", 0)).is_none());
+    assert!(fenced, "the dead leader is fenced:\n{}", cluster.logs());
     let offline_since = Instant::now();
     while offline_since.elapsed() < Duration::from_secs(5) {
         assert_eq!(
@@ -505,11 +511,21 @@ fn unclean_election_off_keeps_the_partition_offline_on_turns_it_back() {
     .expect("alter");
     let back = wait_leader(&cluster, "u", None);
     assert_eq!(back as usize, y);
-    smol::block_on(async {
-        p.send_and_wait(ProducerRecord::new("u", "after-unclean"))
-            .await
-            .expect("produce after unclean election")
+    // The producer still knows the dead leader: the first attempts fail
+    // and make it look the leader up again.
+    let sent = smol::block_on(async {
+        for _ in 0..50 {
+            if p.send_and_wait(ProducerRecord::new("u", "after-unclean"))
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            smol::Timer::after(Duration::from_millis(200)).await;
+        }
+        false
     });
+    assert!(sent, "produce after unclean election:\n{}", cluster.logs());
     let read = values(&smol::block_on(read_all(&client, "u")));
     assert!(read.contains(&"after-unclean".to_owned()));
     assert!(

@@ -460,7 +460,10 @@ mod tests {
         drop(s);
         // After a snapshot, its configuration is the one in force.
         let s = DiskStorage::open(dir.path(), &[9]).expect("reopen");
-        assert_eq!(s.initial_state().expect("state").conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(
+            s.initial_state().expect("state").conf_state.voters,
+            vec![1, 2, 3]
+        );
         assert_eq!(s.first_index().expect("first"), 4);
         assert_eq!(s.last_index().expect("last"), 4);
         assert_eq!(&s.snapshot(0, 2).expect("snap").data[..], b"state");
