@@ -159,6 +159,10 @@ impl Client {
                     for t in &metadata.topics {
                         for &(p, leader) in &t.partitions {
                             routes.leaders.insert((t.name.clone(), p), leader);
+                            if single && leader != NO_LEADER {
+                                // A single node leads everything it reports.
+                                routes.nodes.insert(leader, c.options().server.clone());
+                            }
                         }
                     }
                     return Ok(());

@@ -703,3 +703,84 @@ fn fault_schedule(seed: u64) {
         );
     }
 }
+
+/// Produces `count` records of `size` bytes with `acks` to `topic`, as fast
+/// as the producer batches them; returns records per second.
+fn throughput(client: &Client, topic: &str, acks: Acks, count: u32, size: usize) -> f64 {
+    smol::block_on(async {
+        let p = Producer::new(
+            client.clone(),
+            ProducerConfig {
+                acks,
+                linger_ms: 5,
+                ..ProducerConfig::default()
+            },
+        )
+        .expect("producer");
+        let value = vec![b'x'; size];
+        let started = Instant::now();
+        let mut pending = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            pending.push(
+                p.send(ProducerRecord::new(topic, value.clone()))
+                    .await
+                    .expect("send"),
+            );
+        }
+        for f in pending {
+            f.await.expect("acknowledged");
+        }
+        let secs = started.elapsed().as_secs_f64();
+        p.close().await;
+        f64::from(count) / secs
+    })
+}
+
+/// Benchmark (run with `--ignored`): produce throughput with RF=3
+/// `acks=all` against RF=1 `acks=1` in the same run, and the failover time
+/// after `kill -9` of a leader. On a shared machine compare the ratio, not
+/// the absolute numbers.
+#[test]
+#[ignore = "benchmark: cargo test -p eddy-tests --test replication -- --ignored bench"]
+fn bench_replication_throughput_and_failover() {
+    let dir = tmp();
+    let mut cluster = TestCluster::start(dir.path(), 3, FAST);
+    cluster.wait_ready(3);
+    let client = cluster.any_client();
+    create(&client, "rf1", 1, &[]);
+    create(&client, "rf3", 3, &[("min.insync.replicas", "2")]);
+    wait_isr(&cluster, "rf3", |isr| isr.len() == 3, "full ISR");
+    let (count, size) = (50_000, 256);
+    // Warm up both paths once, then measure alternately.
+    throughput(&client, "rf1", Acks::Leader, 2000, size);
+    throughput(&client, "rf3", Acks::All, 2000, size);
+    let rf1 = throughput(&client, "rf1", Acks::Leader, count, size);
+    let rf3 = throughput(&client, "rf3", Acks::All, count, size);
+    println!(
+        "produce {count} x {size} B: RF=1 acks=1 {rf1:.0} rec/s, RF=3 acks=all {rf3:.0} rec/s, \
+         ratio {:.2}",
+        rf3 / rf1
+    );
+
+    let old = wait_leader(&cluster, "rf3", None);
+    let survivor = (0..3).find(|i| *i != old as usize).unwrap_or(0);
+    let observer = cluster.client(survivor);
+    cluster.kill9(old as usize);
+    let killed = Instant::now();
+    let mut elected = None;
+    let ok = wait_until(WAIT, || {
+        let l = smol::block_on(leader(&observer, "rf3", 0));
+        if l.is_some_and(|l| l != old) {
+            elected = Some(killed.elapsed());
+            true
+        } else {
+            false
+        }
+    });
+    assert!(ok, "no new leader:\n{}", cluster.logs());
+    println!(
+        "failover after kill -9 of leader {old}: new leader in the metadata after {:?} \
+         (broker-session-timeout-ms 1500)",
+        elected.unwrap_or_default()
+    );
+}
