@@ -242,6 +242,14 @@ pub enum ClientError {
     /// The node answered with a typed error.
     #[error("{} (error {}): {}", code_name(.0.code), .0.code.code(), .0.message)]
     Server(ErrorBody),
+    /// An interceptor plugin on the node rejected a record
+    /// ([`ErrorCode::InvalidRecord`]); nothing of the request was stored.
+    /// Sending the same records again fails the same way.
+    #[error("record rejected: {reason}")]
+    RecordRejected {
+        /// The node's message: which record, which plugin, and its reason.
+        reason: String,
+    },
     /// [`Client::close`] was called.
     #[error("the client is closed")]
     Closed,
@@ -258,7 +266,8 @@ impl ClientError {
             | ClientError::StreamClosed { .. } => true,
             ClientError::Connect { retriable, .. } => *retriable,
             ClientError::Server(body) => body.code.is_retriable(),
-            ClientError::CaFile { .. }
+            ClientError::RecordRejected { .. }
+            | ClientError::CaFile { .. }
             | ClientError::Config(_)
             | ClientError::Resolve { .. }
             | ClientError::Protocol { .. }
@@ -266,10 +275,21 @@ impl ClientError {
         }
     }
 
+    /// The typed error for a node's error answer.
+    pub fn from_body(body: ErrorBody) -> ClientError {
+        match body.code {
+            ErrorCode::InvalidRecord => ClientError::RecordRejected {
+                reason: body.message,
+            },
+            _ => ClientError::Server(body),
+        }
+    }
+
     /// The node's error code, for [`ClientError::Server`].
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Server(body) => Some(body.code),
+            ClientError::RecordRejected { .. } => Some(ErrorCode::InvalidRecord),
             _ => None,
         }
     }
@@ -320,6 +340,9 @@ pub fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::NotController => "NotController",
         ErrorCode::FencedLeaderEpoch => "FencedLeaderEpoch",
         ErrorCode::UnknownLeaderEpoch => "UnknownLeaderEpoch",
+        ErrorCode::InvalidRecord => "InvalidRecord",
+        ErrorCode::PluginFailed => "PluginFailed",
+        ErrorCode::PluginNotFound => "PluginNotFound",
         // `ErrorCode` is non-exhaustive: codes added later still print their number.
         #[allow(unreachable_patterns)]
         _ => "Error",
@@ -647,6 +670,8 @@ impl Client {
                 ..
             } => u64::from(*rebalance_timeout_ms),
             Request::Heartbeat { wait_ms, .. } => u64::from(*wait_ms),
+            // The node compiles the component before it answers.
+            Request::PluginAdd { .. } => PLUGIN_ADD_EXTRA_TIMEOUT_MS,
             _ => 0,
         };
         Duration::from_millis(base + extra)
@@ -865,6 +890,58 @@ impl Client {
         }
     }
 
+    /// Installs the WebAssembly component `wasm` as plugin `name` with its
+    /// own `config`, replacing a plugin of that name (calls in flight finish
+    /// on the old one). Returns (kind, replaced, sha256).
+    pub async fn plugin_add(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        config: Vec<(String, String)>,
+    ) -> Result<(String, bool, String), ClientError> {
+        if wasm.len() as u64 > u64::from(crate::protocol::PLUGIN_WASM_BYTES_MAX) {
+            return Err(ClientError::Config(format!(
+                "the component is {} bytes; the node takes at most {}",
+                wasm.len(),
+                crate::protocol::PLUGIN_WASM_BYTES_MAX
+            )));
+        }
+        let header = RequestHeader {
+            version: PROTOCOL_VERSION,
+            request: Request::PluginAdd {
+                name: name.to_owned(),
+                config,
+            },
+        };
+        match self.request(header, wasm).await?.0 {
+            Response::PluginAdd {
+                kind,
+                replaced,
+                sha256,
+            } => Ok((kind, replaced, sha256)),
+            other => Err(self.unexpected("PluginAdd", &other)),
+        }
+    }
+
+    /// Every installed plugin with its status and call statistics.
+    pub async fn plugin_list(&self) -> Result<Vec<crate::protocol::PluginInfo>, ClientError> {
+        match self.call(Request::PluginList).await? {
+            Response::PluginList { plugins } => Ok(plugins),
+            other => Err(self.unexpected("PluginList", &other)),
+        }
+    }
+
+    /// Uninstalls a plugin (no topic may name it).
+    pub async fn plugin_remove(&self, name: &str) -> Result<(), ClientError> {
+        let request = Request::PluginRemove {
+            name: name.to_owned(),
+        };
+        match self.call(request).await? {
+            Response::PluginRemove => Ok(()),
+            other => Err(self.unexpected("PluginRemove", &other)),
+        }
+    }
+
     /// Looks up an offset of a partition.
     pub async fn list_offsets(
         &self,
@@ -900,6 +977,9 @@ impl Client {
         }
     }
 }
+
+/// Extra time a PluginAdd may take: the node compiles the component first.
+const PLUGIN_ADD_EXTRA_TIMEOUT_MS: u64 = 120_000;
 
 /// How long to wait before the next dial after `failures` failed ones.
 fn backoff_remaining(
@@ -1153,7 +1233,7 @@ async fn read_response(
     };
     match header {
         ResponseHeader::Ok(response) => Ok((response, payload)),
-        ResponseHeader::Error(body) => Err(ClientError::Server(body)),
+        ResponseHeader::Error(body) => Err(ClientError::from_body(body)),
     }
 }
 

@@ -30,6 +30,8 @@ pub const HEADER_BYTES_MAX: u32 = 64 * 1024;
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// Default UDP port of a node.
 pub const DEFAULT_PORT: u16 = 7878;
+/// Largest WebAssembly component a PluginAdd request may carry.
+pub const PLUGIN_WASM_BYTES_MAX: u32 = 32 * 1024 * 1024;
 /// The leader id a partition without a leader reports in
 /// [`TopicMetadata::partitions`] and [`PartitionInfo::leader`].
 pub const NO_LEADER: u32 = u32::MAX;
@@ -274,6 +276,21 @@ pub enum Request {
     },
     /// Nodes, their liveness and the controller.
     ClusterStatus,
+    /// Install a WebAssembly plugin, or replace the one of that name; the
+    /// payload is the component (at most [`PLUGIN_WASM_BYTES_MAX`] bytes).
+    PluginAdd {
+        /// Plugin name (what topic configs refer to).
+        name: String,
+        /// The plugin's own `key=value` config.
+        config: Vec<(String, String)>,
+    },
+    /// Every installed plugin with its status and call statistics.
+    PluginList,
+    /// Uninstall a plugin no topic uses.
+    PluginRemove {
+        /// Plugin name.
+        name: String,
+    },
 }
 
 /// One offset in an [`Request::OffsetCommit`].
@@ -357,6 +374,9 @@ impl Request {
             Request::OffsetForLeaderEpoch { .. } => "OffsetForLeaderEpoch",
             Request::ElectLeaders { .. } => "ElectLeaders",
             Request::ClusterStatus => "ClusterStatus",
+            Request::PluginAdd { .. } => "PluginAdd",
+            Request::PluginList => "PluginList",
+            Request::PluginRemove { .. } => "PluginRemove",
         }
     }
 }
@@ -398,6 +418,37 @@ pub struct NodeInfo {
     pub id: u32,
     /// `host:port` clients reach it at.
     pub address: String,
+}
+
+/// One plugin in [`Response::PluginList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    /// Name.
+    pub name: String,
+    /// `partitioner`, `interceptor` or `retention`.
+    pub kind: String,
+    /// `enabled`, or `disabled: <why>` / `failed: <why>`.
+    pub status: String,
+    /// SHA-256 of the component, hex.
+    pub sha256: String,
+    /// Size of the component in bytes.
+    pub wasm_bytes: u64,
+    /// The plugin's own config.
+    pub config: Vec<(String, String)>,
+    /// Topics whose configs name it.
+    pub topics: Vec<String>,
+    /// Calls since it was (re)loaded.
+    pub calls: u64,
+    /// Failed calls since it was (re)loaded.
+    pub failures: u64,
+    /// Failed calls in a row, now.
+    pub failures_in_a_row: u32,
+    /// Mean time per call, ns (0 without calls).
+    pub mean_ns: u64,
+    /// 99th percentile time per call, ns (0 without calls).
+    pub p99_ns: u64,
+    /// Records passed to it since it was (re)loaded.
+    pub records: u64,
 }
 
 /// A successful answer. The variant matches the request's.
@@ -534,6 +585,22 @@ pub enum Response {
         /// Every node.
         nodes: Vec<ClusterNodeInfo>,
     },
+    /// Plugin installed.
+    PluginAdd {
+        /// The world it implements: `partitioner`, `interceptor` or `retention`.
+        kind: String,
+        /// Whether it replaced an installed plugin of the same name.
+        replaced: bool,
+        /// SHA-256 of the component, hex.
+        sha256: String,
+    },
+    /// Installed plugins.
+    PluginList {
+        /// By name.
+        plugins: Vec<PluginInfo>,
+    },
+    /// Plugin removed.
+    PluginRemove,
 }
 
 /// A node in [`Response::ClusterStatus`].
@@ -621,6 +688,14 @@ pub enum ErrorCode {
     FencedLeaderEpoch,
     /// 75: the request's leader epoch is newer than this node knows.
     UnknownLeaderEpoch,
+    /// 87: an interceptor plugin rejected a record; the message has its reason.
+    InvalidRecord,
+    /// 1050: a plugin call failed (trap, timeout, memory, or an error it
+    /// returned); retriable: after repeated failures the plugin is disabled
+    /// and the topic falls back to its built-in behaviour.
+    PluginFailed,
+    /// 1051: no plugin of that name is installed, or it cannot be used.
+    PluginNotFound,
 }
 
 impl ErrorCode {
@@ -659,6 +734,9 @@ impl ErrorCode {
             ErrorCode::NotController => 41,
             ErrorCode::FencedLeaderEpoch => 74,
             ErrorCode::UnknownLeaderEpoch => 75,
+            ErrorCode::InvalidRecord => 87,
+            ErrorCode::PluginFailed => 1050,
+            ErrorCode::PluginNotFound => 1051,
         }
     }
 
@@ -677,6 +755,7 @@ impl ErrorCode {
                 | ErrorCode::NotController
                 | ErrorCode::FencedLeaderEpoch
                 | ErrorCode::UnknownLeaderEpoch
+                | ErrorCode::PluginFailed
         )
     }
 }

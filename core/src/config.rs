@@ -134,6 +134,18 @@ pub struct LogConfig {
     pub min_insync_replicas: u32,
     /// `unclean.leader.election.enable`.
     pub unclean_leader_election_enable: bool,
+    /// `partitioner.plugin`: the partitioner plugin for produce requests that
+    /// name no partition; `None` = the built-in partitioner.
+    pub partitioner_plugin: Option<String>,
+    /// `interceptor.plugins`: interceptor plugins every produced record
+    /// passes through before it is stored, in order (comma-separated).
+    pub interceptor_plugins: Vec<String>,
+    /// `interceptor.dead.letter.topic`: where records an interceptor rejects
+    /// go; `None` = the produce request fails with the reason.
+    pub interceptor_dead_letter_topic: Option<String>,
+    /// `retention.plugin`: a retention plugin asked which old segments to
+    /// delete, on top of `retention.ms` / `retention.bytes`.
+    pub retention_plugin: Option<String>,
 }
 
 impl Default for LogConfig {
@@ -160,6 +172,10 @@ impl Default for LogConfig {
             compression_type: None,
             min_insync_replicas: 1,
             unclean_leader_election_enable: false,
+            partitioner_plugin: None,
+            interceptor_plugins: Vec::new(),
+            interceptor_dead_letter_topic: None,
+            retention_plugin: None,
         }
     }
 }
@@ -173,15 +189,19 @@ pub const KEYS: &[&str] = &[
     "flush.messages",
     "flush.ms",
     "index.interval.bytes",
+    "interceptor.dead.letter.topic",
+    "interceptor.plugins",
     "max.message.bytes",
     "message.timestamp.type",
     "min.cleanable.dirty.ratio",
     "min.compaction.lag.ms",
     "min.insync.replicas",
+    "partitioner.plugin",
     "retention.bytes",
     "retention.hours",
     "retention.minutes",
     "retention.ms",
+    "retention.plugin",
     "segment.bytes",
     "segment.index.bytes",
     "segment.ms",
@@ -262,6 +282,33 @@ impl LogConfig {
                         "true" => true,
                         "false" => false,
                         _ => return Err(invalid(key, v, "use true or false")),
+                    }
+                }
+                "partitioner.plugin" => c.partitioner_plugin = plugin_name(key, v)?,
+                "retention.plugin" => c.retention_plugin = plugin_name(key, v)?,
+                "interceptor.plugins" => {
+                    let mut chain = Vec::new();
+                    for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                        if let Some(name) = plugin_name(key, name)? {
+                            chain.push(name);
+                        }
+                    }
+                    if chain.len() > INTERCEPTOR_CHAIN_MAX {
+                        return Err(invalid(
+                            key,
+                            v,
+                            &format!("at most {INTERCEPTOR_CHAIN_MAX} interceptors per topic"),
+                        ));
+                    }
+                    c.interceptor_plugins = chain;
+                }
+                "interceptor.dead.letter.topic" => {
+                    c.interceptor_dead_letter_topic = if v.is_empty() {
+                        None
+                    } else {
+                        crate::layout::validate_topic_name(v)
+                            .map_err(|reason| invalid(key, v, &reason))?;
+                        Some(v.to_owned())
                     }
                 }
                 _ => {
@@ -353,7 +400,30 @@ impl LogConfig {
             "unclean.leader.election.enable",
             self.unclean_leader_election_enable.to_string(),
         );
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        put("partitioner.plugin", text(&self.partitioner_plugin));
+        put("interceptor.plugins", self.interceptor_plugins.join(","));
+        put(
+            "interceptor.dead.letter.topic",
+            text(&self.interceptor_dead_letter_topic),
+        );
+        put("retention.plugin", text(&self.retention_plugin));
         m
+    }
+
+    /// Every plugin the topic names, with the config key naming it.
+    pub fn plugins(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        if let Some(p) = &self.partitioner_plugin {
+            out.push(("partitioner.plugin", p.as_str()));
+        }
+        for p in &self.interceptor_plugins {
+            out.push(("interceptor.plugins", p.as_str()));
+        }
+        if let Some(p) = &self.retention_plugin {
+            out.push(("retention.plugin", p.as_str()));
+        }
+        out
     }
 
     /// Entries an offset index of `segment.index.bytes` holds.
@@ -367,6 +437,38 @@ impl LogConfig {
         (self.segment_index_bytes / crate::index::TIME_ENTRY_BYTES as u64).min(u32::MAX as u64)
             as u32
     }
+}
+
+/// Most interceptors in one topic's `interceptor.plugins` chain.
+pub const INTERCEPTOR_CHAIN_MAX: usize = 8;
+/// Longest plugin name.
+pub const PLUGIN_NAME_BYTES_MAX: usize = 64;
+
+/// Whether `name` is a valid plugin name: 1 to [`PLUGIN_NAME_BYTES_MAX`]
+/// ASCII letters, digits, `.`, `_` or `-`.
+pub fn is_valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= PLUGIN_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A plugin name config value; empty means none.
+fn plugin_name(key: &str, v: &str) -> Result<Option<String>, ConfigError> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    if !is_valid_plugin_name(v) {
+        return Err(invalid(
+            key,
+            v,
+            &format!(
+                "a plugin name is 1 to {PLUGIN_NAME_BYTES_MAX} letters, digits, '.', '_' or '-'"
+            ),
+        ));
+    }
+    Ok(Some(v.to_owned()))
 }
 
 fn invalid(key: &str, value: &str, reason: &str) -> ConfigError {
@@ -482,6 +584,46 @@ mod tests {
                 .to_string()
                 .contains("fsync")
         );
+    }
+
+    #[test]
+    fn plugin_keys_parse_and_round_trip() {
+        let c = LogConfig::from_props(&props(&[
+            ("partitioner.plugin", "by-device"),
+            ("interceptor.plugins", " guard, redact ,,enrich"),
+            ("interceptor.dead.letter.topic", "dlq"),
+            ("retention.plugin", "pressure"),
+        ]))
+        .unwrap();
+        assert_eq!(c.partitioner_plugin.as_deref(), Some("by-device"));
+        assert_eq!(c.interceptor_plugins, ["guard", "redact", "enrich"]);
+        assert_eq!(c.interceptor_dead_letter_topic.as_deref(), Some("dlq"));
+        assert_eq!(
+            c.plugins(),
+            [
+                ("partitioner.plugin", "by-device"),
+                ("interceptor.plugins", "guard"),
+                ("interceptor.plugins", "redact"),
+                ("interceptor.plugins", "enrich"),
+                ("retention.plugin", "pressure"),
+            ]
+        );
+        assert_eq!(LogConfig::from_props(&c.to_props()).unwrap(), c);
+        let none = LogConfig::from_props(&props(&[("partitioner.plugin", "")])).unwrap();
+        assert_eq!(none.partitioner_plugin, None);
+        for (key, bad) in [
+            ("partitioner.plugin", "has space"),
+            ("retention.plugin", "a/b"),
+            ("interceptor.plugins", "ok,bad name"),
+            ("interceptor.plugins", "a,b,c,d,e,f,g,h,i"),
+            ("interceptor.dead.letter.topic", "../etc"),
+        ] {
+            let err = LogConfig::from_props(&props(&[(key, bad)])).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::InvalidValue { .. }),
+                "{key}={bad}: {err}"
+            );
+        }
     }
 
     #[test]

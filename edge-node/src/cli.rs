@@ -1,6 +1,6 @@
 //! The `eddy` command line: `eddy serve [--config FILE] [flags]`,
 //! `eddy version`, and the client subcommands `topic`, `produce`, `consume`,
-//! `bench` (in [`crate::commands`]).
+//! `bench`, `plugin` (in [`crate::commands`]).
 //!
 //! Every config key has a flag of the same name; a flag beats the file.
 
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ConfigError, FsyncMode, NodeConfig};
+use crate::config::{ConfigError, FsyncMode, NodeConfig, PluginEngine};
 
 /// `eddy`: a small Kafka-style event log broker for edge devices.
 #[derive(Debug, Parser)]
@@ -39,6 +39,8 @@ pub enum Command {
     Bench(crate::commands::bench::BenchArgs),
     /// Cluster tools: the shared CA, status, leader elections.
     Cluster(crate::commands::cluster::ClusterArgs),
+    /// Install, list or remove WebAssembly plugins.
+    Plugin(crate::commands::plugin::PluginArgs),
 }
 
 /// Arguments of `eddy serve`.
@@ -160,6 +162,30 @@ pub struct ConfigOverrides {
     /// Overrides `leader-imbalance-check-interval-seconds`.
     #[arg(long, value_name = "SECONDS")]
     pub leader_imbalance_check_interval_seconds: Option<u64>,
+    /// Overrides `[plugins] engine`.
+    #[arg(long, value_enum)]
+    pub plugin_engine: Option<PluginEngine>,
+    /// Overrides `[plugins] memory-limit-mb`.
+    #[arg(long, value_name = "MIB")]
+    pub plugin_memory_limit_mb: Option<u32>,
+    /// Overrides `[plugins] call-timeout-ms`.
+    #[arg(long, value_name = "MS")]
+    pub plugin_call_timeout_ms: Option<u64>,
+    /// Overrides `[plugins] fuel-per-call` (0 = unmetered).
+    #[arg(long, value_name = "N")]
+    pub plugin_fuel_per_call: Option<u64>,
+    /// Overrides `[plugins] failures-before-disable`.
+    #[arg(long, value_name = "N")]
+    pub plugin_failures_before_disable: Option<u32>,
+    /// Overrides `[plugins] memory-reservation-mb` (0 = wasmtime's default).
+    #[arg(long, value_name = "MIB")]
+    pub plugin_memory_reservation_mb: Option<u32>,
+    /// Overrides `[plugins] memory-guard-kb` (0 = wasmtime's default).
+    #[arg(long, value_name = "KIB")]
+    pub plugin_memory_guard_kb: Option<u32>,
+    /// Overrides `[plugins] instances-per-plugin`.
+    #[arg(long, value_name = "N")]
+    pub plugin_instances_per_plugin: Option<u32>,
 }
 
 impl ConfigOverrides {
@@ -263,6 +289,31 @@ impl ConfigOverrides {
         }
         if let Some(p) = self.leader_imbalance_per_broker_percentage {
             config.leader_imbalance_per_broker_percentage = p;
+        }
+        let p = &mut config.plugins;
+        if let Some(engine) = self.plugin_engine {
+            p.engine = engine;
+        }
+        if let Some(n) = self.plugin_memory_limit_mb {
+            p.memory_limit_mb = n;
+        }
+        if let Some(n) = self.plugin_call_timeout_ms {
+            p.call_timeout_ms = n;
+        }
+        if let Some(n) = self.plugin_fuel_per_call {
+            p.fuel_per_call = n;
+        }
+        if let Some(n) = self.plugin_failures_before_disable {
+            p.failures_before_disable = n;
+        }
+        if let Some(n) = self.plugin_memory_reservation_mb {
+            p.memory_reservation_mb = n;
+        }
+        if let Some(n) = self.plugin_memory_guard_kb {
+            p.memory_guard_kb = n;
+        }
+        if let Some(n) = self.plugin_instances_per_plugin {
+            p.instances_per_plugin = n;
         }
     }
 }

@@ -138,6 +138,116 @@ pub struct BoardConfig {
     pub description: String,
 }
 
+/// Default for `[plugins] memory-limit-mb`.
+pub const PLUGIN_MEMORY_LIMIT_MB_DEFAULT: u32 = 64;
+/// Default for `[plugins] call-timeout-ms`.
+pub const PLUGIN_CALL_TIMEOUT_MS_DEFAULT: u64 = 200;
+/// Default for `[plugins] failures-before-disable`.
+pub const PLUGIN_FAILURES_BEFORE_DISABLE_DEFAULT: u32 = 5;
+/// Default for `[plugins] instances-per-plugin`.
+pub const PLUGIN_INSTANCES_DEFAULT: u32 = 4;
+/// Largest `[plugins] memory-limit-mb` (a 32-bit Wasm memory is 4 GiB).
+pub const PLUGIN_MEMORY_LIMIT_MB_MAX: u32 = 4096;
+/// Largest `[plugins] call-timeout-ms`.
+pub const PLUGIN_CALL_TIMEOUT_MS_MAX: u64 = 60_000;
+/// Largest `[plugins] instances-per-plugin`.
+pub const PLUGIN_INSTANCES_MAX: u32 = 64;
+
+/// Which code generator runs plugins: the `[plugins] engine` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginEngine {
+    /// Cranelift (native code) where it has a backend, else Pulley (32-bit ARM).
+    #[default]
+    Auto,
+    /// Cranelift: native code, fastest; x86_64, aarch64, riscv64, s390x.
+    Cranelift,
+    /// Pulley: wasmtime's portable interpreter; slower, runs everywhere.
+    Pulley,
+}
+
+/// The `[plugins]` section: how WebAssembly plugins are run and bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct PluginsConfig {
+    /// Code generator for plugins.
+    pub engine: PluginEngine,
+    /// Most linear memory one plugin instance may grow to, in MiB.
+    pub memory_limit_mb: u32,
+    /// Longest one plugin call may run (wall clock, checked every
+    /// [`crate::plugins::EPOCH_TICK_MS`] ms), in milliseconds.
+    pub call_timeout_ms: u64,
+    /// Wasm fuel (roughly, instructions) one call may use; 0 = unmetered.
+    pub fuel_per_call: u64,
+    /// Failed calls in a row after which a plugin is disabled (its topics
+    /// fall back to the built-in behaviour until it is added again).
+    pub failures_before_disable: u32,
+    /// Virtual address space reserved per linear memory, in MiB; 0 keeps
+    /// wasmtime's platform default (4 GiB on 64-bit hosts). Boards and qemu
+    /// want small values such as 32.
+    pub memory_reservation_mb: u32,
+    /// Guard region after each linear memory, in KiB; 0 keeps wasmtime's
+    /// platform default. Boards and qemu want small values such as 64.
+    pub memory_guard_kb: u32,
+    /// Instances of one plugin that may run at once (calls beyond wait).
+    pub instances_per_plugin: u32,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            engine: PluginEngine::Auto,
+            memory_limit_mb: PLUGIN_MEMORY_LIMIT_MB_DEFAULT,
+            call_timeout_ms: PLUGIN_CALL_TIMEOUT_MS_DEFAULT,
+            fuel_per_call: 0,
+            failures_before_disable: PLUGIN_FAILURES_BEFORE_DISABLE_DEFAULT,
+            memory_reservation_mb: 0,
+            memory_guard_kb: 0,
+            instances_per_plugin: PLUGIN_INSTANCES_DEFAULT,
+        }
+    }
+}
+
+impl PluginsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let ranges: [(&'static str, u64, u64, u64); 4] = [
+            (
+                "plugins.memory-limit-mb",
+                u64::from(self.memory_limit_mb),
+                1,
+                u64::from(PLUGIN_MEMORY_LIMIT_MB_MAX),
+            ),
+            (
+                "plugins.call-timeout-ms",
+                self.call_timeout_ms,
+                1,
+                PLUGIN_CALL_TIMEOUT_MS_MAX,
+            ),
+            (
+                "plugins.failures-before-disable",
+                u64::from(self.failures_before_disable),
+                1,
+                u64::from(u32::MAX),
+            ),
+            (
+                "plugins.instances-per-plugin",
+                u64::from(self.instances_per_plugin),
+                1,
+                u64::from(PLUGIN_INSTANCES_MAX),
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("is {value}; it must be between {min} and {max}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// When appended data is forced to disk, node-wide: the `fsync` key.
 ///
 /// Together with `fsync-interval-ms` it becomes the core's
@@ -247,6 +357,8 @@ pub struct NodeConfig {
     /// How often the controller checks leader imbalance (Kafka's
     /// `leader.imbalance.check.interval.seconds`).
     pub leader_imbalance_check_interval_seconds: u64,
+    /// How WebAssembly plugins run (`[plugins]`).
+    pub plugins: PluginsConfig,
 }
 
 impl Default for NodeConfig {
@@ -283,6 +395,7 @@ impl Default for NodeConfig {
             leader_imbalance_per_broker_percentage: LEADER_IMBALANCE_PER_BROKER_PERCENTAGE_DEFAULT,
             leader_imbalance_check_interval_seconds:
                 LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS_DEFAULT,
+            plugins: PluginsConfig::default(),
         }
     }
 }
@@ -523,7 +636,7 @@ impl NodeConfig {
             });
         }
         self.voters()?;
-        Ok(())
+        self.plugins.validate()
     }
 
     /// The parsed `controller-quorum-voters`, checked: at most
@@ -803,6 +916,30 @@ mod tests {
                 .expect("valid")
                 .unclean_leader_election_enable
         );
+    }
+
+    #[test]
+    fn plugins_section_parses_and_is_checked() {
+        let config = NodeConfig::from_toml(
+            "[plugins]\nengine = \"pulley\"\nmemory-reservation-mb = 32\nmemory-guard-kb = 64\n",
+            ConfigOrigin::BuiltIn,
+        )
+        .unwrap();
+        assert_eq!(config.plugins.engine, PluginEngine::Pulley);
+        assert_eq!(config.plugins.memory_reservation_mb, 32);
+        assert_eq!(config.plugins.memory_guard_kb, 64);
+        assert_eq!(
+            config.plugins.call_timeout_ms,
+            PLUGIN_CALL_TIMEOUT_MS_DEFAULT
+        );
+        config.validate().unwrap();
+        let err = NodeConfig::from_toml("[plugins]\nmemory-limt-mb = 3\n", ConfigOrigin::BuiltIn)
+            .unwrap_err();
+        assert!(err.to_string().contains("memory-limt-mb"), "{err}");
+        let zero = NodeConfig::from_toml("[plugins]\ncall-timeout-ms = 0\n", ConfigOrigin::BuiltIn)
+            .unwrap();
+        let err = zero.validate().unwrap_err();
+        assert!(err.to_string().contains("plugins.call-timeout-ms"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The Eddy broker node: configuration, the `eddy` command line, the storage
 //! service ([`broker`]), the QUIC server ([`server`], [`tls`]) and the serve
-//! loop ([`serve`]).
+//! loop ([`serve`]), and the WebAssembly plugin host ([`plugins`]).
 
 pub mod boards;
 pub mod broker;
@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod memory;
+pub mod plugins;
 pub mod runtime;
 pub mod serve;
 pub mod server;

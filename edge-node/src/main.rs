@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => serve(&args),
         Command::Topic(args) => eddy_node::commands::topic::run(&args),
+        Command::Plugin(args) => eddy_node::commands::plugin::run(&args),
         Command::Produce(args) => eddy_node::commands::produce::run(&args),
         Command::Consume(args) => eddy_node::commands::consume::run(&args),
         Command::Group(args) => eddy_node::commands::group::run(&args),

@@ -477,11 +477,14 @@ async fn read_request(
     let limit = match header.request {
         Request::Produce { .. } => max_request_bytes,
         Request::Raft { .. } => eddy_client::protocol::RAFT_PAYLOAD_BYTES_MAX,
+        Request::PluginAdd { .. } => u64::from(protocol::PLUGIN_WASM_BYTES_MAX),
         _ => 0,
     };
     let too_long = || {
         let message = if limit == 0 {
             format!("a {} request carries no payload", header.request.name())
+        } else if matches!(header.request, Request::PluginAdd { .. }) {
+            format!("the component is over {limit} bytes; build it with --release and strip it")
         } else {
             format!(
                 "produce payload is over max-request-bytes ({limit} bytes); send smaller \
@@ -696,169 +699,193 @@ pub async fn dispatch(
     payload: Vec<u8>,
 ) -> (ResponseHeader, Vec<u8>) {
     let none = Vec::new;
-    let result: Result<(Response, Vec<u8>), BrokerError> = match request {
-        Request::Produce {
-            topic,
-            partition,
-            acks,
-            timeout_ms,
-        } => broker
-            .produce(&topic, partition, acks, timeout_ms, payload)
-            .await
-            .map(|r| {
+    let result: Result<(Response, Vec<u8>), BrokerError> =
+        match request {
+            Request::Produce {
+                topic,
+                partition,
+                acks,
+                timeout_ms,
+            } => broker
+                .produce(&topic, partition, acks, timeout_ms, payload)
+                .await
+                .map(|r| {
+                    (
+                        Response::Produce {
+                            partition: r.partition,
+                            base_offset: r.appended.base_offset,
+                            log_append_time: r.appended.log_append_time,
+                            log_start_offset: r.appended.log_start_offset,
+                        },
+                        none(),
+                    )
+                }),
+            Request::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                min_bytes,
+                max_wait_ms,
+            } => broker
+                .fetch(&topic, partition, offset, max_bytes, min_bytes, max_wait_ms)
+                .await
+                .map(|f| {
+                    (
+                        Response::Fetch {
+                            high_watermark: f.high_watermark,
+                            log_start_offset: f.log_start_offset,
+                            next_offset: f.next_offset,
+                        },
+                        f.batches,
+                    )
+                }),
+            Request::ListOffsets {
+                topic,
+                partition,
+                spec,
+            } => broker
+                .list_offsets(&topic, partition, spec)
+                .await
+                .map(|(offset, timestamp)| (Response::ListOffsets { offset, timestamp }, none())),
+            Request::Metadata { topics } => broker
+                .metadata(topics)
+                .await
+                .map(|(nodes, topics)| (Response::Metadata { nodes, topics }, none())),
+            Request::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+            } => broker
+                .create_topic(&name, partitions, replication_factor, configs)
+                .await
+                .map(|()| (Response::CreateTopic, none())),
+            Request::DeleteTopic { name } => broker
+                .delete_topic(&name)
+                .await
+                .map(|()| (Response::DeleteTopic, none())),
+            Request::DescribeTopic { name } => broker.describe_topic(&name).map(|d| {
                 (
-                    Response::Produce {
-                        partition: r.partition,
-                        base_offset: r.appended.base_offset,
-                        log_append_time: r.appended.log_append_time,
-                        log_start_offset: r.appended.log_start_offset,
+                    Response::DescribeTopic {
+                        name: d.name,
+                        configs: d.configs,
+                        effective_configs: d.effective_configs,
+                        partitions: d.partitions,
                     },
                     none(),
                 )
             }),
-        Request::Fetch {
-            topic,
-            partition,
-            offset,
-            max_bytes,
-            min_bytes,
-            max_wait_ms,
-        } => broker
-            .fetch(&topic, partition, offset, max_bytes, min_bytes, max_wait_ms)
-            .await
-            .map(|f| {
-                (
-                    Response::Fetch {
-                        high_watermark: f.high_watermark,
-                        log_start_offset: f.log_start_offset,
-                        next_offset: f.next_offset,
-                    },
-                    f.batches,
-                )
-            }),
-        Request::ListOffsets {
-            topic,
-            partition,
-            spec,
-        } => broker
-            .list_offsets(&topic, partition, spec)
-            .await
-            .map(|(offset, timestamp)| (Response::ListOffsets { offset, timestamp }, none())),
-        Request::Metadata { topics } => broker
-            .metadata(topics)
-            .await
-            .map(|(nodes, topics)| (Response::Metadata { nodes, topics }, none())),
-        Request::CreateTopic {
-            name,
-            partitions,
-            replication_factor,
-            configs,
-        } => broker
-            .create_topic(&name, partitions, replication_factor, configs)
-            .await
-            .map(|()| (Response::CreateTopic, none())),
-        Request::DeleteTopic { name } => broker
-            .delete_topic(&name)
-            .await
-            .map(|()| (Response::DeleteTopic, none())),
-        Request::DescribeTopic { name } => broker.describe_topic(&name).map(|d| {
-            (
-                Response::DescribeTopic {
-                    name: d.name,
-                    configs: d.configs,
-                    effective_configs: d.effective_configs,
-                    partitions: d.partitions,
-                },
-                none(),
-            )
-        }),
-        Request::AlterConfigs { name, changes } => broker
-            .alter_configs(&name, changes)
-            .await
-            .map(|()| (Response::AlterConfigs, none())),
-        Request::CreatePartitions { name, total } => broker
-            .create_partitions(&name, total)
-            .await
-            .map(|()| (Response::CreatePartitions, none())),
-        Request::JoinGroup {
-            group,
-            member_id,
-            client_id,
-            topics,
-            strategies,
-            session_timeout_ms,
-            rebalance_timeout_ms,
-            owned,
-        } => {
-            let params = crate::broker::group::state::JoinParams {
+            Request::AlterConfigs { name, changes } => broker
+                .alter_configs(&name, changes)
+                .await
+                .map(|()| (Response::AlterConfigs, none())),
+            Request::CreatePartitions { name, total } => broker
+                .create_partitions(&name, total)
+                .await
+                .map(|()| (Response::CreatePartitions, none())),
+            Request::JoinGroup {
+                group,
+                member_id,
                 client_id,
                 topics,
                 strategies,
                 session_timeout_ms,
                 rebalance_timeout_ms,
                 owned,
-            };
-            broker
-                .join_group(&group, &member_id, params)
+            } => {
+                let params = crate::broker::group::state::JoinParams {
+                    client_id,
+                    topics,
+                    strategies,
+                    session_timeout_ms,
+                    rebalance_timeout_ms,
+                    owned,
+                };
+                broker
+                    .join_group(&group, &member_id, params)
+                    .await
+                    .map(|r| {
+                        (
+                            Response::JoinGroup {
+                                generation: r.generation,
+                                member_id: r.member_id,
+                                strategy: r.strategy.name().to_owned(),
+                                assignment: r.assignment,
+                            },
+                            none(),
+                        )
+                    })
+            }
+            Request::Heartbeat {
+                group,
+                member_id,
+                generation,
+                wait_ms,
+            } => broker
+                .heartbeat(&group, &member_id, generation, wait_ms)
                 .await
-                .map(|r| {
+                .map(|()| (Response::Heartbeat, none())),
+            Request::LeaveGroup { group, member_id } => broker
+                .leave_group(&group, &member_id)
+                .map(|()| (Response::LeaveGroup, none())),
+            Request::OffsetCommit {
+                group,
+                member_id,
+                generation,
+                offsets,
+            } => broker
+                .commit_offsets(&group, &member_id, generation, offsets)
+                .await
+                .map(|()| (Response::OffsetCommit, none())),
+            Request::OffsetFetch { group, partitions } => broker
+                .fetch_offsets(&group, partitions)
+                .map(|offsets| (Response::OffsetFetch { offsets }, none())),
+            Request::ListGroups => broker
+                .list_groups()
+                .map(|groups| (Response::ListGroups { groups }, none())),
+            Request::DescribeGroup { group } => broker.describe_group(&group).map(|d| {
+                (
+                    Response::DescribeGroup {
+                        group,
+                        state: d.state,
+                        generation: d.generation,
+                        strategy: d.strategy,
+                        members: d.members,
+                        offsets: d.offsets,
+                    },
+                    none(),
+                )
+            }),
+            Request::DeleteGroup { group } => broker
+                .delete_group(&group)
+                .await
+                .map(|()| (Response::DeleteGroup, none())),
+            Request::PluginAdd { name, config } => broker
+                .plugin_add(&name, payload, config)
+                .await
+                .map(|(kind, replaced, sha256)| {
                     (
-                        Response::JoinGroup {
-                            generation: r.generation,
-                            member_id: r.member_id,
-                            strategy: r.strategy.name().to_owned(),
-                            assignment: r.assignment,
+                        Response::PluginAdd {
+                            kind: kind.name().to_owned(),
+                            replaced,
+                            sha256,
                         },
                         none(),
                     )
-                })
-        }
-        Request::Heartbeat {
-            group,
-            member_id,
-            generation,
-            wait_ms,
-        } => broker
-            .heartbeat(&group, &member_id, generation, wait_ms)
-            .await
-            .map(|()| (Response::Heartbeat, none())),
-        Request::LeaveGroup { group, member_id } => broker
-            .leave_group(&group, &member_id)
-            .map(|()| (Response::LeaveGroup, none())),
-        Request::OffsetCommit {
-            group,
-            member_id,
-            generation,
-            offsets,
-        } => broker
-            .commit_offsets(&group, &member_id, generation, offsets)
-            .await
-            .map(|()| (Response::OffsetCommit, none())),
-        Request::OffsetFetch { group, partitions } => broker
-            .fetch_offsets(&group, partitions)
-            .map(|offsets| (Response::OffsetFetch { offsets }, none())),
-        Request::ListGroups => broker
-            .list_groups()
-            .map(|groups| (Response::ListGroups { groups }, none())),
-        Request::DescribeGroup { group } => broker.describe_group(&group).map(|d| {
-            (
-                Response::DescribeGroup {
-                    group,
-                    state: d.state,
-                    generation: d.generation,
-                    strategy: d.strategy,
-                    members: d.members,
-                    offsets: d.offsets,
+                }),
+            Request::PluginList => Ok((
+                Response::PluginList {
+                    plugins: broker.plugin_list(),
                 },
                 none(),
-            )
-        }),
-        Request::DeleteGroup { group } => broker
-            .delete_group(&group)
-            .await
-            .map(|()| (Response::DeleteGroup, none())),
-        other => crate::cluster::dispatch(broker, other, payload).await,
-    };
+            )),
+            Request::PluginRemove { name } => broker
+                .plugin_remove(&name)
+                .await
+                .map(|()| (Response::PluginRemove, none())),
+            other => crate::cluster::dispatch(broker, other, payload).await,
+        };
     match result {
         Ok((response, payload)) => (ResponseHeader::Ok(response), payload),
         Err(e) => (ResponseHeader::Error(e.into_body()), Vec::new()),

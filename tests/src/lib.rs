@@ -77,6 +77,50 @@ fn locate_or_build_eddy() -> PathBuf {
     bin
 }
 
+/// The WebAssembly plugin `name` (`plugins/<name>`), built for
+/// `wasm32-wasip2`: from `EDDY_PLUGINS_DIR` when set (`cargo xtask ci` sets
+/// it), else built once per test process with `cargo xtask plugins` into
+/// the test's own target directory.
+///
+/// # Panics
+///
+/// If the plugins cannot be built (e.g. the `wasm32-wasip2` target is
+/// missing: run `cargo xtask setup`).
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("EDDY_PLUGINS_DIR") {
+            return PathBuf::from(dir);
+        }
+        let exe = std::env::current_exe().expect("path of the test executable");
+        let target_dir = exe
+            .ancestors()
+            .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+            .map(Path::to_path_buf);
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["run", "--quiet", "-p", "xtask", "--", "plugins"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if let Some(target_dir) = &target_dir {
+            build.env("CARGO_TARGET_DIR", target_dir);
+        }
+        let status = build
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run `{build:?}`: {e}"));
+        assert!(
+            status.success(),
+            "`{build:?}` failed: {status} (is wasm32-wasip2 installed? run `cargo xtask setup`)"
+        );
+        target_dir
+            .expect("the test runs inside a cargo target directory")
+            .join("plugins")
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.is_file(), "no plugin at {}", path.display());
+    path
+}
+
 /// Polls `condition` until it holds or `timeout` passes; returns whether it
 /// held.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {

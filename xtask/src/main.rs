@@ -2,7 +2,9 @@
 //!
 //! - `setup`: install what the other verbs need (rustup targets). Idempotent.
 //! - `ci`: everything CI checks, in order, stopping at the first failure.
-//! - `bench`: the storage core's benchmarks.
+//! - `plugins`: build the WebAssembly plugins under `plugins/` into
+//!   `<target-dir>/plugins/<name>.wasm`.
+//! - `bench`: the storage core's and the plugins' benchmarks.
 //! - `image BOARD`: a device image (`.tar.gz` and `.deb`) for a board.
 //! - `smoke BOARD`: the board's cross-built node under qemu-user, checked
 //!   end to end with the host client.
@@ -24,9 +26,11 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 /// Targets `setup` installs: the bare-metal ARM target proves that the core's
-/// record codec builds without `std`; the boards CI smoke-tests.
+/// record codec builds without `std`; the boards CI smoke-tests; plugins
+/// are built for `wasm32-wasip2`.
 const RUSTUP_TARGETS: &[&str] = &[
     NO_STD_TARGET,
+    PLUGIN_TARGET,
     "aarch64-unknown-linux-gnu",
     "armv7-unknown-linux-gnueabihf",
 ];
@@ -42,6 +46,22 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 const CI_SMOKE_BOARDS: &[&str] = &["rpi4", "rpi-zero2w"];
 /// Cargo profile of the smoke builds: no LTO, so CI stays fast.
 const SMOKE_PROFILE: &str = "smoke";
+/// The target WebAssembly plugins are built for.
+const PLUGIN_TARGET: &str = "wasm32-wasip2";
+/// The cargo profile plugins are built with.
+const PLUGIN_PROFILE: &str = "plugin";
+/// Every plugin crate under `plugins/` (package name = `.wasm` file name).
+/// Each is built on its own: the SDK's world feature must not be unified
+/// across plugins, or every world would end up in every component.
+const PLUGINS: &[&str] = &[
+    "enrich",
+    "schema-guard",
+    "redact",
+    "downsample",
+    "json-field-partitioner",
+    "disk-pressure-retention",
+    "misbehave",
+];
 /// The target the `no_std` build check uses.
 const NO_STD_TARGET: &str = "thumbv7em-none-eabihf";
 
@@ -56,9 +76,12 @@ struct Cli {
 enum Verb {
     /// Install the rustup targets the build needs (safe to run again).
     Setup,
-    /// Run every CI check in order: fmt, clippy, no_std build, tests.
+    /// Run every CI check in order: fmt, clippy, no_std build, plugins, tests.
     Ci,
-    /// Run the storage core's benchmarks; extra arguments go to the bench binary.
+    /// Build the WebAssembly plugins into <target-dir>/plugins/<name>.wasm.
+    Plugins,
+    /// Run the storage core's and the plugins' benchmarks; extra arguments go
+    /// to the bench binaries.
     Bench {
         /// Passed after `--` to the benchmarks (e.g. a filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -119,6 +142,7 @@ fn main() -> ExitCode {
     let result = match cli.verb {
         Verb::Setup => setup(),
         Verb::Ci => ci(&root),
+        Verb::Plugins => plugins(&root).map(|_| ()),
         Verb::Bench { args } => bench(&root, args),
         Verb::Image { board, profile } => image::image(&root, &board, &profile).map(|_| ()),
         Verb::Smoke { board, profile } => smoke::smoke(&root, &board, &profile),
@@ -167,7 +191,7 @@ fn setup() -> Result<(), Failure> {
 }
 
 fn ci(root: &Path) -> Result<(), Failure> {
-    let steps: [(&str, &[&str]); 4] = [
+    let steps: [(&str, &[&str]); 5] = [
         ("fmt", &["fmt", "--all", "--", "--check"]),
         (
             "clippy",
@@ -191,11 +215,29 @@ fn ci(root: &Path) -> Result<(), Failure> {
                 NO_STD_TARGET,
             ],
         ),
+        (
+            "node without plugins",
+            &["check", "-p", "eddy-node", "--no-default-features"],
+        ),
         ("test", &["test", "--workspace"]),
     ];
     let started = Instant::now();
+    let mut plugin_dir = None;
     for (name, args) in steps {
         let mut cmd = cargo();
+        if name == "test" {
+            let step_started = Instant::now();
+            println!("xtask ci: [plugins] building {} plugin(s)", PLUGINS.len());
+            plugin_dir = Some(plugins(root)?);
+            println!(
+                "xtask ci: [plugins] ok in {:.1} s",
+                step_started.elapsed().as_secs_f64()
+            );
+        }
+        if let Some(dir) = &plugin_dir {
+            // The black-box tests load the plugins from here.
+            cmd.env("EDDY_PLUGINS_DIR", dir);
+        }
         cmd.args(args).current_dir(root);
         let step_started = Instant::now();
         println!("xtask ci: [{name}] cargo {}", args.join(" "));
@@ -230,13 +272,83 @@ fn ci(root: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The target directory cargo uses for this workspace (honours
+/// `CARGO_TARGET_DIR` and config files).
+fn target_dir(root: &Path) -> Result<PathBuf, Failure> {
+    let mut cmd = cargo();
+    cmd.args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(root);
+    let out = output_of("cargo metadata", cmd)?;
+    let meta: serde_json::Value = serde_json::from_str(&out).map_err(|e| Failure {
+        step: "cargo metadata".to_owned(),
+        detail: format!("unreadable output: {e}"),
+    })?;
+    meta.get("target_directory")
+        .and_then(|v| v.as_str())
+        .map(PathBuf::from)
+        .ok_or_else(|| Failure {
+            step: "cargo metadata".to_owned(),
+            detail: "no target_directory in its output".to_owned(),
+        })
+}
+
+/// Builds every plugin for `wasm32-wasip2` and copies each component to
+/// `<target-dir>/plugins/<name>.wasm`; returns that directory.
+fn plugins(root: &Path) -> Result<PathBuf, Failure> {
+    let target = target_dir(root)?;
+    let out_dir = target.join("plugins");
+    std::fs::create_dir_all(&out_dir).map_err(|e| Failure {
+        step: "plugins".to_owned(),
+        detail: format!("cannot create {}: {e}", out_dir.display()),
+    })?;
+    for name in PLUGINS {
+        let mut cmd = cargo();
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            name,
+            "--target",
+            PLUGIN_TARGET,
+            "--profile",
+            PLUGIN_PROFILE,
+        ])
+        .current_dir(root);
+        run_step(&format!("build plugin {name}"), cmd)?;
+        let built = target
+            .join(PLUGIN_TARGET)
+            .join(PLUGIN_PROFILE)
+            .join(format!("{}.wasm", name.replace('-', "_")));
+        let dest = out_dir.join(format!("{name}.wasm"));
+        std::fs::copy(&built, &dest).map_err(|e| Failure {
+            step: format!("build plugin {name}"),
+            detail: format!(
+                "cannot copy {} to {}: {e} (is the {PLUGIN_TARGET} target installed? run `cargo xtask setup`)",
+                built.display(),
+                dest.display()
+            ),
+        })?;
+        println!("xtask plugins: {}", dest.display());
+    }
+    Ok(out_dir)
+}
+
 fn bench(root: &Path, args: Vec<OsString>) -> Result<(), Failure> {
     let mut cmd = cargo();
     cmd.args(["bench", "-p", "eddy-core"]).current_dir(root);
     if !args.is_empty() {
-        cmd.arg("--").args(args);
+        cmd.arg("--").args(&args);
     }
-    run_step("bench", cmd)
+    run_step("bench", cmd)?;
+    let dir = plugins(root)?;
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "eddy-node", "--bench", "plugins"])
+        .env("EDDY_PLUGINS_DIR", dir)
+        .current_dir(root);
+    if !args.is_empty() {
+        cmd.arg("--").args(&args);
+    }
+    run_step("bench plugins", cmd)
 }
 
 /// Runs `cmd` with inherited stdio; a non-zero exit is a [`Failure`].

@@ -75,6 +75,7 @@ impl Broker {
             .topic_defaults
             .with_props(configs)
             .map_err(|e| invalid_config(topic, e))?;
+        self.check_topic_plugins(topic, &config)?;
         if config.max_message_bytes > self.max_request_bytes {
             return Err(invalid_config(
                 topic,

@@ -4,6 +4,13 @@
 //! and compaction when `compaction_due`; the metadata log is compacted the
 //! same way.
 //!
+//! A topic with `retention.plugin` also asks its plugin, per partition, how
+//! many old segments to delete; the answer is clamped
+//! ([`eddy_core::retention::clamp_plugin_choice`]): never the active segment
+//! or data at or above the high watermark, and never less than the topic's
+//! own limits require (those are applied first anyway). The plugin is called
+//! outside the partition lock, so appends never wait for it.
+//!
 //! A pass runs on a blocking thread (compaction rewrites files) and visits
 //! each partition once; between passes the task sleeps on a timer or wakes
 //! for shutdown. It holds only a weak reference to the broker, so it never
@@ -15,8 +22,11 @@ use std::time::Duration;
 use futures_lite::FutureExt as _;
 use log::{info, warn};
 
+use eddy_core::retention;
+
 use super::partition::Partition;
 use super::{Broker, lock, now_ms};
+use crate::plugins::RetentionInput;
 
 /// Runs maintenance passes until the broker shuts down or is dropped.
 pub async fn run(broker: Weak<Broker>) {
@@ -55,6 +65,52 @@ pub async fn run(broker: Weak<Broker>) {
     }
 }
 
+/// Asks the topic's retention plugin (if any) and deletes what it chose,
+/// within bounds; the log line to write, if anything happened.
+fn plugin_retention(broker: &Broker, p: &Partition, now: i64) -> Option<String> {
+    let config = p.with_log(|log| Ok(log.config().clone())).ok()?;
+    let name = config.retention_plugin.clone()?;
+    let (free, total) = crate::plugins::disk_space(broker.data_dir());
+    let input = p
+        .with_log(|log| {
+            Ok(RetentionInput {
+                topic: p.topic().to_owned(),
+                partition: p.index(),
+                segments: log.segment_summaries(),
+                log_start_offset: log.log_start_offset(),
+                high_watermark: log.high_watermark(),
+                disk_free_bytes: free,
+                disk_total_bytes: total,
+                now_ms: now,
+                topic_config: config.to_props().into_iter().collect(),
+            })
+        })
+        .ok()?;
+    // Outside the lock: a slow plugin must not stall appends.
+    let asked = broker.plugins().retention(&name, &input)?;
+    if asked == 0 {
+        return None;
+    }
+    let result = p.with_log(|log| {
+        let segments = log.segment_summaries();
+        let hw = log.high_watermark();
+        let own = retention::plan(&segments, log.config(), log.log_start_offset(), hw, now);
+        let n = retention::clamp_plugin_choice(
+            asked as usize,
+            own,
+            retention::deletable_max(&segments, hw),
+        );
+        Ok(log.delete_oldest_segments(n, now))
+    });
+    match result {
+        Ok(Ok(0)) | Err(_) => None,
+        Ok(Ok(n)) => Some(format!(
+            "deleted {n} segment(s) chosen by retention plugin {name} (it asked for {asked})"
+        )),
+        Ok(Err(e)) => Some(format!("retention by plugin {name} failed: {e}")),
+    }
+}
+
 /// One pass over every partition and the metadata log.
 pub fn run_pass(broker: &Broker, partitions: &[Arc<Partition>]) {
     for p in partitions {
@@ -79,6 +135,12 @@ pub fn run_pass(broker: &Broker, partitions: &[Arc<Partition>]) {
                 }
             }
             Ok((log.dir().display().to_string(), done))
+        });
+        let outcome = outcome.map(|(dir, mut done)| {
+            if let Some(line) = plugin_retention(broker, p, now) {
+                done.push(line);
+            }
+            (dir, done)
         });
         // A closed partition (deleted meanwhile) has nothing to maintain.
         if let Ok((dir, done)) = outcome {

@@ -20,6 +20,7 @@ pub mod group;
 pub mod maintenance;
 pub mod metadata;
 pub mod partition;
+pub mod plugin_admin;
 pub mod replica;
 
 #[cfg(test)]
@@ -45,6 +46,7 @@ use log::{info, warn};
 use smol::Task;
 
 use crate::config::{ConfigError, NodeConfig};
+use crate::plugins::{Partitioned, PluginHost};
 use crate::runtime::RuntimeHandle;
 use metadata::{INTERNAL_PREFIX, MetadataError, MetadataStore, TopicState};
 use partition::{Appended, Partition};
@@ -136,6 +138,9 @@ pub enum OpenError {
     /// The committed offsets log could not be read.
     #[error("{0}; check the disk, or move the {topic}-0 directory aside to start without committed offsets", topic = group::offsets::OFFSETS_TOPIC)]
     Offsets(#[from] group::offsets::OffsetsError),
+    /// The plugin engine or registry could not be opened.
+    #[error("plugins: {0}")]
+    Plugins(String),
     /// A partition log could not be opened or recovered.
     #[error("cannot open partition {topic}-{partition}: {error}")]
     Partition {
@@ -205,6 +210,7 @@ pub struct Broker {
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// The reconciler and ISR tasks of a clustered node.
     cluster_tasks: Mutex<Vec<Task<()>>>,
+    plugins: Arc<PluginHost>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -232,6 +238,7 @@ impl Broker {
             error,
         })?;
         finish_deletes(&data_dir)?;
+        let plugins = PluginHost::open(&config.plugins, &data_dir).map_err(OpenError::Plugins)?;
         let storage: Arc<dyn Storage> = Arc::new(FsStorage);
         let now = now_ms();
         // In a cluster the topics come from the metadata quorum instead.
@@ -302,6 +309,7 @@ impl Broker {
             groups: group::Groups::new(offsets),
             cluster: std::sync::OnceLock::new(),
             cluster_tasks: Mutex::new(Vec::new()),
+            plugins,
         });
         let task = rt.spawn(maintenance::run(Arc::downgrade(&broker)));
         *lock(&broker.maintenance) = Some(task);
@@ -424,11 +432,65 @@ impl Broker {
             ));
         }
         let t = self.topic_or_create(topic).await?;
+        let mut batches = batches;
+        if !t.log_config.interceptor_plugins.is_empty() {
+            let dead_letter = t.log_config.interceptor_dead_letter_topic.clone();
+            let out = self
+                .plugins
+                .intercept(
+                    topic,
+                    &t.log_config.interceptor_plugins,
+                    batches,
+                    dead_letter.is_some(),
+                )
+                .await?;
+            if let (Some(dlt), Some(rejected)) = (dead_letter, out.dead_letter) {
+                self.append_dead_letter(&dlt, topic, rejected).await?;
+            }
+            match out.batches {
+                Some(kept) => batches = kept,
+                None => return self.nothing_appended(&t, topic, partition),
+            }
+        }
+        if partition.is_none()
+            && let Some(name) = t.log_config.partitioner_plugin.clone()
+        {
+            let count = t.partitions.len() as u32;
+            match self.plugins.partition(&name, topic, count, batches).await? {
+                Partitioned::Split(parts) => {
+                    let mut first = None;
+                    for (index, part) in parts {
+                        let r = self
+                            .append_to(&t, topic, index, acks, timeout_ms, part)
+                            .await?;
+                        first.get_or_insert(r);
+                    }
+                    return first.ok_or_else(|| {
+                        BrokerError::new(ErrorCode::InvalidRequest, "empty produce request")
+                    });
+                }
+                Partitioned::Fallback(original) => batches = original,
+            }
+        }
         let count = t.partitions.len() as u32;
         let index = match partition {
             Some(p) => p,
             None => self.choose_partition(topic, &batches, count)?,
         };
+        self.append_to(&t, topic, index, acks, timeout_ms, batches)
+            .await
+    }
+
+    /// Appends checked batches to one partition of `t`.
+    async fn append_to(
+        &self,
+        t: &Arc<Topic>,
+        topic: &str,
+        index: u32,
+        acks: Acks,
+        timeout_ms: u32,
+        batches: Vec<u8>,
+    ) -> Result<ProduceResult, BrokerError> {
         let p = t
             .partitions
             .get(index as usize)
@@ -439,7 +501,6 @@ impl Broker {
         let min_isr = t.log_config.min_insync_replicas;
         self.check_leader(&p)?;
         self.check_min_isr(&p, &t.log_config, acks)?;
-        drop(t);
         check_codecs(topic, index, &batches)?;
         // The CRC pass runs here, on the request's task, so appends to one
         // partition hold its lock only to write.
@@ -490,6 +551,57 @@ impl Broker {
             Err(_) if self.is_shutting_down() => Err(shutting_down()),
             Err(e) => Err(e),
         }
+    }
+
+    /// The answer to a produce whose records the interceptors all dropped:
+    /// nothing appended, the partition's next offset.
+    fn nothing_appended(
+        &self,
+        t: &Topic,
+        topic: &str,
+        partition: Option<u32>,
+    ) -> Result<ProduceResult, BrokerError> {
+        let index = partition.unwrap_or(0);
+        let p = t
+            .partitions
+            .get(index as usize)
+            .ok_or_else(|| unknown_partition(topic, index, t.partitions.len()))?;
+        let (base_offset, log_start_offset) =
+            p.with_log(|log| Ok((log.log_end_offset(), log.log_start_offset())))?;
+        Ok(ProduceResult {
+            partition: index,
+            appended: Appended {
+                base_offset,
+                log_append_time: -1,
+                log_start_offset,
+                next_offset: base_offset,
+            },
+        })
+    }
+
+    /// Appends records an interceptor rejected to the dead-letter topic
+    /// (built-in partitioner, no plugins: a dead-letter topic takes
+    /// everything).
+    async fn append_dead_letter(
+        self: &Arc<Self>,
+        dead_letter: &str,
+        source: &str,
+        batch: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        let t = self.topic_or_create(dead_letter).await.map_err(|e| {
+            BrokerError::new(
+                e.code,
+                format!(
+                    "{source}: interceptor.dead.letter.topic {dead_letter}: {}; nothing was appended",
+                    e.message
+                ),
+            )
+        })?;
+        let count = t.partitions.len() as u32;
+        let index = self.choose_partition(dead_letter, &batch, count)?;
+        self.append_to(&t, dead_letter, index, Acks::Leader, 0, batch)
+            .await
+            .map(|_| ())
     }
 
     fn choose_partition(

@@ -1,5 +1,5 @@
 //! The client subcommands of `eddy`: `topic`, `produce`, `consume`, `group`,
-//! `bench`.
+//! `bench`, `plugin`.
 //!
 //! Each runs the async [`eddy_client`] on `smol::block_on` and reports failures as
 //! `anyhow` errors whose message says what to do next; `main` prints them as
@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod consume;
 pub mod format;
 pub mod group;
+pub mod plugin;
 pub mod produce;
 pub mod topic;
 
@@ -78,6 +79,13 @@ pub fn explain(error: ClientError) -> anyhow::Error {
             Some("the node and this `eddy` are different versions")
         }
         Some(ErrorCode::ShuttingDown) => Some("the node is stopping; try again once it is back"),
+        Some(ErrorCode::InvalidRecord) => {
+            Some("an interceptor plugin refused the record; fix the record or the plugin's config")
+        }
+        Some(ErrorCode::PluginFailed) => {
+            Some("see `eddy plugin list` for the plugin's status and the node's log for details")
+        }
+        Some(ErrorCode::PluginNotFound) => Some("see installed plugins with `eddy plugin list`"),
         _ => None,
     };
     // The node's own message may already say what to do.

@@ -1,0 +1,1171 @@
+//! The wasmtime host: one engine per node, compiled components cached on
+//! disk, instances kept between calls, every call bounded.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash as _, Hasher as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use eddy_client::protocol::{ErrorCode, PluginInfo};
+use log::{info, warn};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Strategy, Trap};
+
+use super::records::{self, Fate};
+use super::registry::{self, Entry, Layout};
+use super::stats::Stats;
+use super::{EPOCH_TICK_MS, Intercepted, Partitioned, PluginKind, Rejection, RetentionInput};
+use crate::broker::{BrokerError, now_ms};
+use crate::config::{PluginEngine, PluginsConfig};
+
+/// Bindings generated from `wit/` (`eddy:plugin@0.1.0`).
+pub mod bindings {
+    /// The `interceptor` world; its `types` and `host` are shared by all.
+    pub mod interceptor {
+        wasmtime::component::bindgen!({
+            world: "interceptor",
+            path: "../wit",
+            additional_derives: [PartialEq],
+        });
+    }
+    /// The `partitioner` world.
+    pub mod partitioner {
+        wasmtime::component::bindgen!({
+            world: "partitioner",
+            path: "../wit",
+            with: {
+                "eddy:plugin/types": super::interceptor::eddy::plugin::types,
+                "eddy:plugin/host": super::interceptor::eddy::plugin::host,
+            },
+        });
+    }
+    /// The `retention` world.
+    pub mod retention {
+        wasmtime::component::bindgen!({
+            world: "retention",
+            path: "../wit",
+            with: {
+                "eddy:plugin/types": super::interceptor::eddy::plugin::types,
+                "eddy:plugin/host": super::interceptor::eddy::plugin::host,
+            },
+        });
+    }
+    pub use interceptor::eddy::plugin::{host, types};
+}
+
+use bindings::types::{Header, PartitionState, Record, Segment, Verdict};
+
+/// Longest log line a plugin may write (longer ones are cut).
+const PLUGIN_LOG_BYTES_MAX: usize = 4096;
+/// Most fields on one plugin log line.
+const PLUGIN_LOG_FIELDS_MAX: usize = 32;
+/// Most table elements one instance may have.
+const PLUGIN_TABLE_ELEMENTS_MAX: usize = 1_000_000;
+/// Longest error text kept from a failed call.
+const FAILURE_TEXT_BYTES_MAX: usize = 600;
+/// Rejection reasons quoted in a produce error.
+const REJECTIONS_QUOTED_MAX: usize = 3;
+
+/// What a plugin's store holds: its limits and what the `host` interface
+/// gives it.
+pub struct HostState {
+    limits: StoreLimits,
+    plugin: Arc<str>,
+    config: Arc<Vec<(String, String)>>,
+}
+
+impl bindings::types::Host for HostState {}
+
+impl bindings::host::Host for HostState {
+    fn log(
+        &mut self,
+        level: bindings::host::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) {
+        use bindings::host::Level as L;
+        let level = match level {
+            L::Error => log::Level::Error,
+            L::Warn => log::Level::Warn,
+            L::Info => log::Level::Info,
+            L::Debug => log::Level::Debug,
+            L::Trace => log::Level::Trace,
+        };
+        let mut message = message;
+        truncate(&mut message, PLUGIN_LOG_BYTES_MAX);
+        let fields: Vec<String> = fields
+            .iter()
+            .take(PLUGIN_LOG_FIELDS_MAX)
+            .map(|(k, v)| {
+                let mut field = format!("{k}={v:?}");
+                truncate(&mut field, PLUGIN_LOG_BYTES_MAX);
+                field
+            })
+            .collect();
+        log::log!(target: "eddy::plugin", level, "plugin {}: {message} {}", self.plugin, fields.join(" "));
+    }
+
+    fn now_ms(&mut self) -> i64 {
+        now_ms()
+    }
+
+    fn config(&mut self) -> Vec<(String, String)> {
+        self.config.as_ref().clone()
+    }
+
+    fn config_value(&mut self, key: String) -> Option<String> {
+        self.config
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+}
+
+enum Pre {
+    Interceptor(bindings::interceptor::InterceptorPre<HostState>),
+    Partitioner(bindings::partitioner::PartitionerPre<HostState>),
+    Retention(bindings::retention::RetentionPre<HostState>),
+}
+
+enum Bound {
+    Interceptor(bindings::interceptor::Interceptor),
+    Partitioner(bindings::partitioner::Partitioner),
+    Retention(bindings::retention::Retention),
+}
+
+/// A live instance with its store.
+struct Inst {
+    store: Store<HostState>,
+    bound: Bound,
+}
+
+/// One installed plugin version: its code, its instances and its counters.
+/// Replacing a plugin installs a new `Slot`; calls in flight finish on the
+/// old one.
+struct Slot {
+    name: Arc<str>,
+    entry: Entry,
+    config: Arc<Vec<(String, String)>>,
+    /// The instantiable code, or why it could not be loaded.
+    pre: Result<Pre, String>,
+    idle: Mutex<Vec<Inst>>,
+    permits: smol::lock::Semaphore,
+    stats: Stats,
+    disabled: Mutex<Option<String>>,
+}
+
+/// Why a call did not produce an answer.
+enum CallError {
+    /// Disabled or not loaded: the caller falls back to built-in behaviour.
+    Unavailable(String),
+    /// The call failed (counted against the plugin).
+    Failed(String),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Increments the engine's epoch every [`EPOCH_TICK_MS`] until dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> std::io::Result<Ticker> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("eddy-plugin-epoch".to_owned())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(Ticker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The node's plugin host.
+pub struct PluginHost {
+    engine: Engine,
+    engine_key: String,
+    config: PluginsConfig,
+    layout: Layout,
+    slots: RwLock<BTreeMap<String, Arc<Slot>>>,
+    /// Serializes registry changes.
+    admin: smol::lock::Mutex<()>,
+    _ticker: Ticker,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("dir", &self.layout.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The wasmtime configuration for `config`.
+fn engine_for(config: &PluginsConfig) -> Result<Engine, String> {
+    let mut c = Config::new();
+    c.epoch_interruption(true);
+    if config.fuel_per_call > 0 {
+        c.consume_fuel(true);
+    }
+    match config.engine {
+        PluginEngine::Auto => {}
+        PluginEngine::Cranelift => {
+            c.strategy(Strategy::Cranelift);
+        }
+        PluginEngine::Pulley => {
+            let target = if cfg!(target_pointer_width = "64") {
+                "pulley64"
+            } else {
+                "pulley32"
+            };
+            let target = if cfg!(target_endian = "big") {
+                format!("{target}be")
+            } else {
+                target.to_owned()
+            };
+            c.target(&target)
+                .map_err(|e| format!("plugins.engine = \"pulley\": {e}"))?;
+        }
+    }
+    if config.memory_reservation_mb > 0 {
+        let reservation = u64::from(config.memory_reservation_mb) << 20;
+        c.memory_reservation(reservation);
+        c.memory_reservation_for_growth(reservation.min(1 << 20));
+    }
+    if config.memory_guard_kb > 0 {
+        c.memory_guard_size(u64::from(config.memory_guard_kb) << 10);
+    }
+    Engine::new(&c).map_err(|e| {
+        format!(
+            "cannot start the plugin engine ({:?}): {e}; try [plugins] engine = \"pulley\"",
+            config.engine
+        )
+    })
+}
+
+/// The world a component implements, from its exports.
+fn kind_of(engine: &Engine, component: &Component) -> Result<PluginKind, String> {
+    let ty = component.component_type();
+    let mut kinds = Vec::new();
+    let mut names = Vec::new();
+    for (name, _) in ty.exports(engine) {
+        names.push(name.to_owned());
+        match name {
+            "intercept" => kinds.push(PluginKind::Interceptor),
+            "partition" => kinds.push(PluginKind::Partitioner),
+            "segments-to-delete" => kinds.push(PluginKind::Retention),
+            _ => {}
+        }
+    }
+    match kinds.as_slice() {
+        [kind] => Ok(*kind),
+        _ => Err(format!(
+            "the component exports {names:?}; a plugin implements exactly one world of \
+             eddy:plugin@0.1.0 (partitioner, interceptor or retention): build it with \
+             eddy-plugin-sdk and one of its features"
+        )),
+    }
+}
+
+impl PluginHost {
+    /// Starts the engine and loads every installed plugin (from the compiled
+    /// cache when it is there). A plugin that fails to load is listed as
+    /// failed and its topics use the built-in behaviour; only a broken
+    /// engine or registry stops the node.
+    pub fn open(config: &PluginsConfig, data_dir: &Path) -> Result<Arc<PluginHost>, String> {
+        let engine = engine_for(config)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_key = format!("{:016x}", hasher.finish());
+        let layout = Layout::new(data_dir);
+        layout
+            .create_dirs()
+            .map_err(|e| format!("cannot create {}: {e}", layout.root.display()))?;
+        let file = layout.load()?;
+        let ticker = Ticker::start(engine.clone())
+            .map_err(|e| format!("cannot start the plugin epoch thread: {e}"))?;
+        let host = PluginHost {
+            engine,
+            engine_key,
+            config: config.clone(),
+            layout,
+            slots: RwLock::new(BTreeMap::new()),
+            admin: smol::lock::Mutex::new(()),
+            _ticker: ticker,
+        };
+        let mut slots = BTreeMap::new();
+        for (name, entry) in file.plugins {
+            let started = Instant::now();
+            let slot = host.load(&name, entry);
+            match &slot.pre {
+                Ok(_) => info!(
+                    "plugin {name}: {} loaded in {} ms",
+                    slot.entry.kind.name(),
+                    started.elapsed().as_millis()
+                ),
+                Err(e) => {
+                    warn!("plugin {name}: cannot load: {e}; its topics use the built-in behaviour")
+                }
+            }
+            slots.insert(name, Arc::new(slot));
+        }
+        *host.slots.write().unwrap_or_else(|p| p.into_inner()) = slots;
+        Ok(Arc::new(host))
+    }
+
+    /// A compiled component: from the cache, or compiled and cached.
+    fn component(&self, sha256: &str, wasm: &[u8]) -> Result<Component, String> {
+        let cached = self
+            .layout
+            .cache_dir()
+            .join(format!("{sha256}-{}.cwasm", self.engine_key));
+        if cached.is_file() {
+            // SAFETY: this node wrote the file into its own data directory
+            // (temp file, fsync, rename) from a component it compiled with an
+            // engine of the same configuration (the name has the engine's
+            // compatibility hash); wasmtime checks the header too.
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    warn!("{}: unusable ({e}); compiling again", cached.display());
+                    let _ = std::fs::remove_file(&cached);
+                }
+            }
+        }
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| format!("not a valid WebAssembly component: {}", error_text(&e)))?;
+        match component.serialize() {
+            Ok(bytes) => {
+                if let Err(e) = registry::write_durably(&cached, &bytes) {
+                    warn!(
+                        "cannot cache compiled plugin code in {}: {e}",
+                        cached.display()
+                    );
+                }
+            }
+            Err(e) => warn!("cannot serialize compiled plugin code: {e}"),
+        }
+        Ok(component)
+    }
+
+    /// Compiles and links a component for `kind`.
+    fn prepare(&self, component: &Component, kind: PluginKind) -> Result<Pre, String> {
+        let mut linker = Linker::<HostState>::new(&self.engine);
+        let linked = match kind {
+            PluginKind::Interceptor => bindings::interceptor::Interceptor::add_to_linker::<
+                HostState,
+                HasSelf<HostState>,
+            >(&mut linker, |s| s),
+            PluginKind::Partitioner => bindings::partitioner::Partitioner::add_to_linker::<
+                HostState,
+                HasSelf<HostState>,
+            >(&mut linker, |s| s),
+            PluginKind::Retention => bindings::retention::Retention::add_to_linker::<
+                HostState,
+                HasSelf<HostState>,
+            >(&mut linker, |s| s),
+        };
+        linked.map_err(|e| format!("cannot link the host interface: {}", error_text(&e)))?;
+        self.link_insecure_seed(&mut linker, component)?;
+        // No WASI: whatever else the component imports (std's file system,
+        // clocks, stdio...) traps when called.
+        linker
+            .define_unknown_imports_as_traps(component)
+            .map_err(|e| error_text(&e))?;
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| format!("cannot link the component: {}", error_text(&e)))?;
+        let wrong = |e: wasmtime::Error| {
+            format!(
+                "the component does not match the {} world of eddy:plugin@0.1.0: {}",
+                kind.name(),
+                error_text(&e)
+            )
+        };
+        Ok(match kind {
+            PluginKind::Interceptor => {
+                Pre::Interceptor(bindings::interceptor::InterceptorPre::new(pre).map_err(wrong)?)
+            }
+            PluginKind::Partitioner => {
+                Pre::Partitioner(bindings::partitioner::PartitionerPre::new(pre).map_err(wrong)?)
+            }
+            PluginKind::Retention => {
+                Pre::Retention(bindings::retention::RetentionPre::new(pre).map_err(wrong)?)
+            }
+        })
+    }
+
+    /// Provides `wasi:random/insecure-seed` (any version the component
+    /// imports): Rust's `HashMap` asks it for its hash keys. It reveals
+    /// nothing about the host; every other WASI import still traps.
+    fn link_insecure_seed(
+        &self,
+        linker: &mut Linker<HostState>,
+        component: &Component,
+    ) -> Result<(), String> {
+        let ty = component.component_type();
+        let names: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .filter(|name| name.starts_with("wasi:random/insecure-seed@"))
+            .collect();
+        for name in names {
+            let mut instance = linker
+                .instance(&name)
+                .map_err(|e| format!("cannot link {name}: {}", error_text(&e)))?;
+            instance
+                .func_wrap("insecure-seed", |_store, (): ()| {
+                    use std::hash::BuildHasher as _;
+                    let state = std::collections::hash_map::RandomState::new();
+                    Ok(((state.hash_one(1u8), state.hash_one(2u8)),))
+                })
+                .map_err(|e| format!("cannot link {name}: {}", error_text(&e)))?;
+        }
+        Ok(())
+    }
+
+    fn new_slot(&self, name: &str, entry: Entry, pre: Result<Pre, String>) -> Slot {
+        Slot {
+            name: Arc::from(name),
+            config: Arc::new(entry.config.clone()),
+            entry,
+            pre,
+            idle: Mutex::new(Vec::new()),
+            permits: smol::lock::Semaphore::new(self.config.instances_per_plugin as usize),
+            stats: Stats::new(),
+            disabled: Mutex::new(None),
+        }
+    }
+
+    /// Loads an installed plugin from its stored component.
+    fn load(&self, name: &str, entry: Entry) -> Slot {
+        let pre = std::fs::read(self.layout.wasm(&entry.sha256))
+            .map_err(|e| {
+                format!(
+                    "cannot read {}: {e}",
+                    self.layout.wasm(&entry.sha256).display()
+                )
+            })
+            .and_then(|wasm| self.component(&entry.sha256, &wasm))
+            .and_then(|c| self.prepare(&c, entry.kind));
+        self.new_slot(name, entry, pre)
+    }
+
+    fn slot(&self, name: &str) -> Option<Arc<Slot>> {
+        self.slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Installs or replaces plugin `name`: checks and compiles the component
+    /// (on a blocking thread), stores it, persists the registry, then swaps
+    /// it in. Returns its kind, whether it replaced one, and its hash.
+    pub async fn add(
+        self: &Arc<Self>,
+        name: &str,
+        wasm: Vec<u8>,
+        config: Vec<(String, String)>,
+        required: Option<PluginKind>,
+    ) -> Result<(PluginKind, bool, String), BrokerError> {
+        if !eddy_core::config::is_valid_plugin_name(name) {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "plugin name {name:?} is not valid: use 1 to {} letters, digits, '.', '_' or '-'",
+                    eddy_core::config::PLUGIN_NAME_BYTES_MAX
+                ),
+            ));
+        }
+        let _admin = self.admin.lock().await;
+        let exists = self.slot(name).is_some();
+        let count = self.slots.read().unwrap_or_else(|p| p.into_inner()).len();
+        if !exists && count >= registry::PLUGINS_MAX {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "this node already holds {} plugins (the most it takes); remove one first",
+                    registry::PLUGINS_MAX
+                ),
+            ));
+        }
+        let host = self.clone();
+        let name_owned = name.to_owned();
+        let slot = smol::unblock(move || -> Result<Slot, BrokerError> {
+            let bad = |m: String| BrokerError::new(ErrorCode::InvalidRequest, m);
+            let storage = |m: String| BrokerError::new(ErrorCode::KafkaStorageError, m);
+            let sha256 = registry::sha256_hex(&wasm);
+            let component = host.component(&sha256, &wasm).map_err(bad)?;
+            let kind = kind_of(&host.engine, &component).map_err(bad)?;
+            if let Some(required) = required
+                && required != kind
+            {
+                return Err(bad(format!(
+                    "plugin {name_owned} is a {} used by topics; the new component is a {}: \
+                     install it under another name",
+                    required.name(),
+                    kind.name()
+                )));
+            }
+            let pre = host.prepare(&component, kind).map_err(bad)?;
+            let entry = Entry {
+                kind,
+                sha256: sha256.clone(),
+                wasm_bytes: wasm.len() as u64,
+                config,
+                added_ms: now_ms(),
+            };
+            // Instantiate once now, so a component that cannot even start is
+            // refused here rather than failing every produce later.
+            let slot = host.new_slot(&name_owned, entry.clone(), Ok(pre));
+            let inst = host
+                .instantiate(&slot)
+                .map_err(|e| bad(format!("the plugin cannot start: {}", host.describe(&e))))?;
+            lock(&slot.idle).push(inst);
+            host.layout
+                .store_wasm(&sha256, &wasm)
+                .map_err(|e| storage(format!("cannot store the component: {e}; check the disk")))?;
+            let mut file = host.layout.load().map_err(storage)?;
+            file.version = 1;
+            file.plugins.insert(name_owned, entry);
+            host.layout.save(&file).map_err(|e| {
+                storage(format!(
+                    "cannot save the plugin registry: {e}; check the disk"
+                ))
+            })?;
+            host.layout.remove_unused(&file);
+            Ok(slot)
+        })
+        .await?;
+        let kind = slot.entry.kind;
+        let sha256 = slot.entry.sha256.clone();
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), Arc::new(slot));
+        info!(
+            "plugin {name}: {} {} ({sha256})",
+            kind.name(),
+            if exists { "replaced" } else { "installed" }
+        );
+        Ok((kind, exists, sha256))
+    }
+
+    /// Uninstalls plugin `name`. The broker has checked that no topic names it.
+    pub async fn remove(&self, name: &str) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock().await;
+        if self.slot(name).is_none() {
+            return Err(not_found(name));
+        }
+        let layout = self.layout.clone();
+        let name_owned = name.to_owned();
+        smol::unblock(move || -> Result<(), BrokerError> {
+            let storage = |m: String| BrokerError::new(ErrorCode::KafkaStorageError, m);
+            let mut file = layout.load().map_err(storage)?;
+            file.plugins.remove(&name_owned);
+            layout.save(&file).map_err(|e| {
+                storage(format!(
+                    "cannot save the plugin registry: {e}; check the disk"
+                ))
+            })?;
+            layout.remove_unused(&file);
+            Ok(())
+        })
+        .await?;
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        info!("plugin {name}: removed");
+        Ok(())
+    }
+
+    /// Every plugin with its status and statistics.
+    pub fn list(&self, topics_using: impl Fn(&str) -> Vec<String>) -> Vec<PluginInfo> {
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        slots
+            .iter()
+            .map(|s| {
+                let snap = s.stats.snapshot();
+                let status = match (&s.pre, lock(&s.disabled).as_ref()) {
+                    (Err(e), _) => format!("failed: {e}"),
+                    (Ok(_), Some(why)) => format!("disabled: {why}"),
+                    (Ok(_), None) => "enabled".to_owned(),
+                };
+                PluginInfo {
+                    name: s.name.to_string(),
+                    kind: s.entry.kind.name().to_owned(),
+                    status,
+                    sha256: s.entry.sha256.clone(),
+                    wasm_bytes: s.entry.wasm_bytes,
+                    config: s.entry.config.clone(),
+                    topics: topics_using(&s.name),
+                    calls: snap.calls,
+                    failures: snap.failures,
+                    failures_in_a_row: snap.in_a_row,
+                    mean_ns: snap.mean_ns,
+                    p99_ns: snap.p99_ns,
+                    records: snap.records,
+                }
+            })
+            .collect()
+    }
+
+    /// The kind of installed plugin `name`.
+    pub fn kind(&self, name: &str) -> Option<PluginKind> {
+        self.slot(name).map(|s| s.entry.kind)
+    }
+
+    /// Whether `name` is installed and implements `kind` (for topic configs).
+    pub fn check(&self, name: &str, kind: PluginKind) -> Result<(), String> {
+        match self.slot(name) {
+            None => Err(format!(
+                "no plugin named {name:?} is installed; add it first with \
+                 `eddy plugin add {name} --wasm FILE`"
+            )),
+            Some(s) if s.entry.kind != kind => Err(format!(
+                "plugin {name:?} is a {}, not a {}",
+                s.entry.kind.name(),
+                kind.name()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// A fresh instance with its own store and limits.
+    fn instantiate(&self, slot: &Slot) -> wasmtime::Result<Inst> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size((self.config.memory_limit_mb as usize).saturating_mul(1 << 20))
+            .table_elements(PLUGIN_TABLE_ELEMENTS_MAX)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                limits,
+                plugin: slot.name.clone(),
+                config: slot.config.clone(),
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        self.arm(&mut store)?;
+        let pre = slot
+            .pre
+            .as_ref()
+            .map_err(|e| wasmtime::format_err!("{e}"))?;
+        let bound = match pre {
+            Pre::Interceptor(p) => Bound::Interceptor(p.instantiate(&mut store)?),
+            Pre::Partitioner(p) => Bound::Partitioner(p.instantiate(&mut store)?),
+            Pre::Retention(p) => Bound::Retention(p.instantiate(&mut store)?),
+        };
+        Ok(Inst { store, bound })
+    }
+
+    /// Sets the CPU bounds for the next call.
+    fn arm(&self, store: &mut Store<HostState>) -> wasmtime::Result<()> {
+        let ticks = self.config.call_timeout_ms.div_ceil(EPOCH_TICK_MS).max(1);
+        store.set_epoch_deadline(ticks);
+        if self.config.fuel_per_call > 0 {
+            store.set_fuel(self.config.fuel_per_call)?;
+        }
+        Ok(())
+    }
+
+    /// What went wrong in a call, in words an operator can act on.
+    fn describe(&self, e: &wasmtime::Error) -> String {
+        if let Some(trap) = e.downcast_ref::<Trap>() {
+            match trap {
+                Trap::Interrupt => {
+                    return format!(
+                        "ran longer than call-timeout-ms ({} ms) and was stopped",
+                        self.config.call_timeout_ms
+                    );
+                }
+                Trap::OutOfFuel => {
+                    return format!(
+                        "used up its fuel-per-call ({}) and was stopped",
+                        self.config.fuel_per_call
+                    );
+                }
+                _ => {}
+            }
+        }
+        let all = chain_text(e);
+        let text = error_text(e);
+        if all.contains("all fuel consumed") {
+            return format!(
+                "used up its fuel-per-call ({}) and was stopped",
+                self.config.fuel_per_call
+            );
+        }
+        if all.contains("interrupt") {
+            return format!(
+                "ran longer than call-timeout-ms ({} ms) and was stopped",
+                self.config.call_timeout_ms
+            );
+        }
+        if all.contains("growing memory") || all.contains("memory.grow") {
+            return format!(
+                "needed more than memory-limit-mb ({} MiB) and was stopped",
+                self.config.memory_limit_mb
+            );
+        }
+        let hint = if all.contains("unknown import") || all.contains("has not been defined") {
+            " (it called an import the node does not provide: plugins get no file system, \
+             network, environment or stdio)"
+        } else {
+            ""
+        };
+        format!("trapped: {text}{hint}")
+    }
+
+    /// Runs `f` on an instance of `slot`, bounded, and accounts for it.
+    fn call<R>(
+        &self,
+        slot: &Slot,
+        records: u64,
+        f: impl FnOnce(&mut Inst) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, CallError> {
+        if let Err(e) = &slot.pre {
+            return Err(CallError::Unavailable(format!("not loaded: {e}")));
+        }
+        if let Some(why) = lock(&slot.disabled).as_ref() {
+            return Err(CallError::Unavailable(format!("disabled: {why}")));
+        }
+        let _permit = smol::block_on(slot.permits.acquire());
+        let started = Instant::now();
+        let idle = lock(&slot.idle).pop();
+        let inst = match idle {
+            Some(mut inst) => self.arm(&mut inst.store).map(|()| inst),
+            None => self.instantiate(slot),
+        };
+        let (outcome, keep) = match inst {
+            Err(e) => (Err(self.describe(&e)), None),
+            Ok(mut inst) => match f(&mut inst) {
+                Ok(Ok(r)) => (Ok(r), Some(inst)),
+                // The guest answered with an error: its state is sound.
+                Ok(Err(msg)) => (Err(format!("returned an error: {msg}")), Some(inst)),
+                // A trap may leave the instance half-way: never reuse it.
+                Err(e) => (Err(self.describe(&e)), None),
+            },
+        };
+        let took = started.elapsed();
+        if let Some(inst) = keep {
+            let mut idle = lock(&slot.idle);
+            if idle.len() < self.config.instances_per_plugin as usize {
+                idle.push(inst);
+            }
+        }
+        match outcome {
+            Ok(r) => {
+                slot.stats.success(took, records);
+                Ok(r)
+            }
+            Err(mut msg) => {
+                truncate(&mut msg, FAILURE_TEXT_BYTES_MAX);
+                let in_a_row = slot.stats.failure(took, records);
+                warn!(
+                    "plugin {}: call failed ({in_a_row} in a row): {msg}",
+                    slot.name
+                );
+                if in_a_row >= self.config.failures_before_disable {
+                    let mut disabled = lock(&slot.disabled);
+                    if disabled.is_none() {
+                        let why = format!("{in_a_row} failures in a row, last: {msg}");
+                        warn!(
+                            "plugin {}: DISABLED after {in_a_row} failures in a row; topics \
+                             using it fall back to the built-in behaviour; fix it and run \
+                             `eddy plugin add {} --wasm FILE` to enable it again",
+                            slot.name, slot.name
+                        );
+                        *disabled = Some(why);
+                        lock(&slot.idle).clear();
+                    }
+                }
+                Err(CallError::Failed(msg))
+            }
+        }
+    }
+
+    /// Runs the interceptor `chain` over a produce request: one call per
+    /// plugin for the whole request. Disabled plugins are skipped (built-in
+    /// behaviour: keep); a failing one fails the request with
+    /// [`ErrorCode::PluginFailed`] (retriable).
+    pub async fn intercept(
+        self: &Arc<Self>,
+        topic: &str,
+        chain: &[String],
+        batches: Vec<u8>,
+        dead_letter: bool,
+    ) -> Result<Intercepted, BrokerError> {
+        let mut slots = Vec::with_capacity(chain.len());
+        for name in chain {
+            match self.slot(name) {
+                Some(s) => slots.push(s),
+                None => {
+                    return Err(BrokerError::new(
+                        ErrorCode::PluginNotFound,
+                        format!(
+                            "topic {topic} names interceptor {name:?} in interceptor.plugins, but \
+                             no such plugin is installed; add it with `eddy plugin add {name} \
+                             --wasm FILE` or change the topic config"
+                        ),
+                    ));
+                }
+            }
+        }
+        let host = self.clone();
+        let topic = topic.to_owned();
+        smol::unblock(move || host.intercept_blocking(&topic, &slots, batches, dead_letter)).await
+    }
+
+    fn intercept_blocking(
+        &self,
+        topic: &str,
+        slots: &[Arc<Slot>],
+        batches: Vec<u8>,
+        dead_letter: bool,
+    ) -> Result<Intercepted, BrokerError> {
+        let corrupt = |e: String| {
+            BrokerError::new(
+                ErrorCode::CorruptMessage,
+                format!("{topic}: {e}; nothing was appended"),
+            )
+        };
+        let decoded = records::decode(&batches).map_err(corrupt)?;
+        let total = decoded.records.len();
+        let mut fates: Vec<Fate> = vec![Fate::Unchanged; total];
+        // The records still alive, as the next plugin sees them, and where
+        // each came from.
+        let mut alive_idx: Vec<usize> = (0..total).collect();
+        let mut alive: Option<Vec<Record>> = None;
+        let mut rejected: Vec<Rejection> = Vec::new();
+        let mut rejected_records: Vec<(Record, Vec<Header>)> = Vec::new();
+        for slot in slots {
+            if alive_idx.is_empty() {
+                break;
+            }
+            let input: &[Record] = alive.as_deref().unwrap_or(&decoded.records);
+            let n = input.len();
+            let verdicts = self.call(slot, n as u64, |inst| {
+                let Bound::Interceptor(b) = &inst.bound else {
+                    return Ok(Err("not an interceptor".to_owned()));
+                };
+                let out = b.call_intercept(&mut inst.store, topic, input)?;
+                Ok(out.and_then(|v| {
+                    if v.len() == n {
+                        Ok(v)
+                    } else {
+                        Err(format!("returned {} verdicts for {n} records", v.len()))
+                    }
+                }))
+            });
+            let verdicts = match verdicts {
+                Ok(v) => v,
+                Err(CallError::Unavailable(why)) => {
+                    log::debug!("{topic}: interceptor {} skipped: {why}", slot.name);
+                    continue;
+                }
+                Err(CallError::Failed(msg)) => {
+                    return Err(BrokerError::new(
+                        ErrorCode::PluginFailed,
+                        format!(
+                            "{topic}: interceptor {} failed: {msg}; nothing was appended (retry; \
+                             after {} failures in a row the plugin is disabled)",
+                            slot.name, self.config.failures_before_disable
+                        ),
+                    ));
+                }
+            };
+            let mut current = alive.take().unwrap_or_else(|| decoded.records.clone());
+            let mut next = Vec::with_capacity(current.len());
+            let mut next_idx = Vec::with_capacity(current.len());
+            for ((verdict, record), &idx) in
+                verdicts.into_iter().zip(current.drain(..)).zip(&alive_idx)
+            {
+                match verdict {
+                    Verdict::Keep => {
+                        next.push(record);
+                        next_idx.push(idx);
+                    }
+                    Verdict::Replace(mut r) => {
+                        r.timestamp = record.timestamp;
+                        fates[idx] = Fate::Changed(r.clone());
+                        next.push(r);
+                        next_idx.push(idx);
+                    }
+                    Verdict::Drop => fates[idx] = Fate::Gone,
+                    Verdict::Reject(mut reason) => {
+                        truncate(&mut reason, FAILURE_TEXT_BYTES_MAX);
+                        fates[idx] = Fate::Gone;
+                        if dead_letter {
+                            let h = |k: &str, v: &str| Header {
+                                key: k.to_owned(),
+                                value: Some(v.as_bytes().to_vec()),
+                            };
+                            rejected_records.push((
+                                record,
+                                vec![
+                                    h("eddy.dlq.topic", topic),
+                                    h("eddy.dlq.plugin", &slot.name),
+                                    h("eddy.dlq.reason", &reason),
+                                ],
+                            ));
+                        }
+                        rejected.push(Rejection {
+                            index: idx,
+                            plugin: slot.name.to_string(),
+                            reason,
+                        });
+                    }
+                }
+            }
+            alive = Some(next);
+            alive_idx = next_idx;
+        }
+        if !rejected.is_empty() && !dead_letter {
+            let quoted: Vec<String> = rejected
+                .iter()
+                .take(REJECTIONS_QUOTED_MAX)
+                .map(|r| format!("record {} rejected by {}: {}", r.index, r.plugin, r.reason))
+                .collect();
+            let more = rejected.len().saturating_sub(REJECTIONS_QUOTED_MAX);
+            let more = if more > 0 {
+                format!(" (and {more} more)")
+            } else {
+                String::new()
+            };
+            return Err(BrokerError::new(
+                ErrorCode::InvalidRecord,
+                format!(
+                    "{topic}: {}{more}; nothing of this request was appended",
+                    quoted.join("; ")
+                ),
+            ));
+        }
+        let internal = |e: String| {
+            BrokerError::new(
+                ErrorCode::UnknownServerError,
+                format!("{topic}: {e}; nothing was appended"),
+            )
+        };
+        let out = records::encode(&batches, &decoded, &fates).map_err(internal)?;
+        let dead_letter = if rejected_records.is_empty() {
+            None
+        } else {
+            records::batch_of(&rejected_records).map_err(internal)?
+        };
+        Ok(Intercepted {
+            batches: out,
+            rejected,
+            dead_letter,
+        })
+    }
+
+    /// Splits a produce request across partitions with partitioner `name`,
+    /// or hands the batches back when it is disabled or fails.
+    pub async fn partition(
+        self: &Arc<Self>,
+        name: &str,
+        topic: &str,
+        partitions: u32,
+        batches: Vec<u8>,
+    ) -> Result<Partitioned, BrokerError> {
+        let Some(slot) = self.slot(name) else {
+            return Ok(Partitioned::Fallback(batches));
+        };
+        let host = self.clone();
+        let topic = topic.to_owned();
+        smol::unblock(move || {
+            let decoded = match records::decode(&batches) {
+                Ok(d) => d,
+                Err(e) => {
+                    return Err(BrokerError::new(
+                        ErrorCode::CorruptMessage,
+                        format!("{topic}: {e}; nothing was appended"),
+                    ));
+                }
+            };
+            if decoded.records.is_empty() {
+                return Ok(Partitioned::Fallback(batches));
+            }
+            let n = decoded.records.len();
+            let chosen = host.call(&slot, n as u64, |inst| {
+                let Bound::Partitioner(b) = &inst.bound else {
+                    return Ok(Err("not a partitioner".to_owned()));
+                };
+                let out = b.call_partition(&mut inst.store, &topic, partitions, &decoded.records)?;
+                Ok(out.and_then(|v| {
+                    if v.len() != n {
+                        Err(format!("returned {} partitions for {n} records", v.len()))
+                    } else if let Some(bad) = v.iter().find(|p| **p >= partitions) {
+                        Err(format!("chose partition {bad} of a topic with {partitions}"))
+                    } else {
+                        Ok(v)
+                    }
+                }))
+            });
+            match chosen {
+                Ok(chosen) => records::split(&decoded, &chosen)
+                    .map(Partitioned::Split)
+                    .map_err(|e| {
+                        BrokerError::new(
+                            ErrorCode::UnknownServerError,
+                            format!("{topic}: {e}; nothing was appended"),
+                        )
+                    }),
+                Err(CallError::Unavailable(why)) => {
+                    log::debug!("{topic}: partitioner {} skipped: {why}", slot.name);
+                    Ok(Partitioned::Fallback(batches))
+                }
+                Err(CallError::Failed(msg)) => {
+                    warn!("{topic}: partitioner {name} failed, using the built-in partitioner for this request: {msg}", name = slot.name);
+                    Ok(Partitioned::Fallback(batches))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Asks retention plugin `name` how many old segments to delete; `None`
+    /// when it is missing, disabled or failed (built-in retention only).
+    /// Blocks: call it from a blocking thread.
+    pub fn retention(&self, name: &str, input: &RetentionInput) -> Option<u32> {
+        let slot = self.slot(name)?;
+        let state = PartitionState {
+            topic: input.topic.clone(),
+            partition: input.partition,
+            segments: input
+                .segments
+                .iter()
+                .map(|s| Segment {
+                    base_offset: s.base_offset,
+                    end_offset: s.next_offset,
+                    size_bytes: s.size,
+                    max_timestamp: s.max_timestamp,
+                })
+                .collect(),
+            log_start_offset: input.log_start_offset,
+            high_watermark: input.high_watermark,
+            disk_free_bytes: input.disk_free_bytes,
+            disk_total_bytes: input.disk_total_bytes,
+            now_ms: input.now_ms,
+            topic_config: input.topic_config.clone(),
+        };
+        let segments = input.segments.len() as u64;
+        self.call(&slot, segments, |inst| {
+            let Bound::Retention(b) = &inst.bound else {
+                return Ok(Err("not a retention plugin".to_owned()));
+            };
+            b.call_segments_to_delete(&mut inst.store, &state)
+        })
+        .ok()
+    }
+
+    /// The data directory's plugin folder.
+    pub fn dir(&self) -> PathBuf {
+        self.layout.root.clone()
+    }
+}
+
+fn not_found(name: &str) -> BrokerError {
+    BrokerError::new(
+        ErrorCode::PluginNotFound,
+        format!("no plugin named {name:?} is installed; see `eddy plugin list`"),
+    )
+}
+
+/// An error on one line: its root cause, and the outermost message when it
+/// says more (wasm backtraces are left out).
+fn error_text(e: &wasmtime::Error) -> String {
+    let root = e.root_cause().to_string();
+    let top = e.to_string();
+    let top = top.lines().next().unwrap_or_default().trim_end_matches(':');
+    let mut text = if top.is_empty() || root.contains(top) || top.contains("wasm backtrace") {
+        root
+    } else {
+        format!("{top}: {root}")
+    };
+    truncate(&mut text, FAILURE_TEXT_BYTES_MAX);
+    text
+}
+
+/// Every message in the error's chain (for classifying it).
+fn chain_text(e: &wasmtime::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_start_with_small_reservations_and_pulley() {
+        let config = PluginsConfig {
+            engine: PluginEngine::Pulley,
+            memory_reservation_mb: 32,
+            memory_guard_kb: 64,
+            fuel_per_call: 1_000_000,
+            ..PluginsConfig::default()
+        };
+        engine_for(&config).unwrap();
+        engine_for(&PluginsConfig::default()).unwrap();
+    }
+
+    #[test]
+    fn a_core_module_is_not_a_plugin() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = PluginHost::open(&PluginsConfig::default(), dir.path()).unwrap();
+        // The smallest core module: magic and version.
+        let wasm = b"\0asm\x01\0\0\0".to_vec();
+        let err = smol::block_on(host.add("x", wasm, Vec::new(), None)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+        assert!(err.message.contains("component"), "{}", err.message);
+        assert!(host.list(|_| Vec::new()).is_empty());
+    }
+}

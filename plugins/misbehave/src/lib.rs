@@ -1,0 +1,102 @@
+//! `misbehave`: a test interceptor that misbehaves on purpose, to prove the
+//! node contains it. Config `mode`:
+//! - `ok`: keeps every record (and tags it with the `tag` config as header
+//!   `misbehave-tag`, when set);
+//! - `loop`: never returns;
+//! - `trap`: panics (a Wasm trap);
+//! - `oom`: allocates without end;
+//! - `read-file`: tries to read the host file named by `path` (default
+//!   `/etc/hostname`) and, if that ever worked, rejects every record with the
+//!   file's contents as the reason.
+//!
+//! `after` (default 0): behave (`ok`) for this many calls first.
+
+use eddy_plugin_sdk::Config;
+use eddy_plugin_sdk::interceptor::{Header, Interceptor, Record, Verdict};
+
+/// The plugin.
+pub struct Misbehave {
+    mode: String,
+    tag: Option<String>,
+    path: String,
+    after: u64,
+    calls: u64,
+}
+
+impl Interceptor for Misbehave {
+    fn new(config: Config) -> Result<Self, String> {
+        let mode = config.get("mode").unwrap_or("ok").to_owned();
+        if !["ok", "loop", "trap", "oom", "read-file"].contains(&mode.as_str()) {
+            return Err(format!("unknown mode {mode:?}"));
+        }
+        Ok(Misbehave {
+            mode,
+            tag: config.get("tag").map(str::to_owned),
+            path: config.get("path").unwrap_or("/etc/hostname").to_owned(),
+            after: config.parse_or("after", 0)?,
+            calls: 0,
+        })
+    }
+
+    fn intercept(&mut self, _topic: &str, records: Vec<Record>) -> Result<Vec<Verdict>, String> {
+        self.calls += 1;
+        let mode = if self.calls <= self.after {
+            "ok"
+        } else {
+            self.mode.as_str()
+        };
+        match mode {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "trap" => panic!("misbehave: trapping on purpose"),
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "read-file" => match std::fs::read_to_string(&self.path) {
+                Ok(contents) => Ok(records
+                    .iter()
+                    .map(|_| Verdict::Reject(format!("read {}: {contents}", self.path)))
+                    .collect()),
+                Err(e) => Err(format!("cannot read {}: {e}", self.path)),
+            },
+            _ => Ok(records
+                .into_iter()
+                .map(|mut r| match &self.tag {
+                    Some(tag) => {
+                        r.headers.push(Header {
+                            key: "misbehave-tag".into(),
+                            value: Some(tag.clone().into_bytes()),
+                        });
+                        Verdict::Replace(r)
+                    }
+                    None => Verdict::Keep,
+                })
+                .collect()),
+        }
+    }
+}
+
+eddy_plugin_sdk::export!(interceptor: Misbehave);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_mode_keeps_or_tags() {
+        let mut p = Misbehave::new(Config::new([("tag", "v2")])).unwrap();
+        let out = p.intercept("t", vec![Record::with_value("a")]).unwrap();
+        assert!(
+            matches!(&out[0], Verdict::Replace(r) if r.header("misbehave-tag") == Some(&b"v2"[..]))
+        );
+        assert!(Misbehave::new(Config::new([("mode", "nope")])).is_err());
+    }
+}
