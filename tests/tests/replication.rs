@@ -199,12 +199,18 @@ fn wait_leader(cluster: &TestCluster, topic: &str, not: Option<u32>) -> u32 {
 }
 
 fn wait_isr(cluster: &TestCluster, topic: &str, want: impl Fn(&[u32]) -> bool, what: &str) {
+    // Every running node must see it: a node just resumed from SIGSTOP
+    // answers from its stale metadata until it has caught up.
     let ok = wait_until(WAIT, || {
         smol::block_on(async {
-            let c = cluster.any_client();
-            let found = isr(&c, topic, 0).await;
-            c.close().await;
-            found.is_some_and(|isr| want(&isr))
+            let mut all = true;
+            for i in (0..cluster.nodes.len()).filter(|i| cluster.is_up(*i)) {
+                let c = cluster.client(i);
+                let found = isr(&c, topic, 0).await;
+                c.close().await;
+                all &= found.is_some_and(|isr| want(&isr));
+            }
+            all
         })
     });
     assert!(ok, "{what}:\n{}", cluster.logs());
@@ -365,19 +371,32 @@ fn a_stopped_follower_leaves_the_isr_truncates_by_epoch_and_rejoins() {
         cluster.logs()
     );
     cluster.resume(leader0);
-    wait_isr(
-        &cluster,
-        "t",
-        |isr| isr.len() == 3,
-        "the old leader truncates, catches up and rejoins the ISR",
-    );
-    let old_log = cluster.nodes[leader0]
-        .as_ref()
-        .map(|n| n.process.stderr())
-        .unwrap_or_default();
+    // Ask the new leader, not the old one: right after SIGCONT the old
+    // leader still answers from its stale metadata.
+    let old_log = || {
+        cluster.nodes[leader0]
+            .as_ref()
+            .map(|n| n.process.stderr())
+            .unwrap_or_default()
+    };
+    let truncated = wait_until(WAIT, || old_log().contains("truncating from"));
     assert!(
-        old_log.contains("truncating from"),
-        "the old leader truncated by leader epoch:\n{old_log}"
+        truncated,
+        "the old leader truncated by leader epoch:\n{}",
+        old_log()
+    );
+    let rejoined = wait_until(WAIT, || {
+        smol::block_on(async {
+            let c = cluster.client(new as usize);
+            let found = isr(&c, "t", 0).await;
+            c.close().await;
+            found.is_some_and(|isr| isr.len() == 3)
+        })
+    });
+    assert!(
+        rejoined,
+        "the old leader catches up and rejoins the ISR:\n{}",
+        cluster.logs()
     );
     let read = values(&smol::block_on(read_all(&cluster.client(a), "t")));
     assert!(
