@@ -358,6 +358,18 @@ mod tests {
             // A table's flag sets one entry at a time, so it is singular.
             let flag = key.strip_suffix('s').filter(|_| keys[key].is_table());
             let flag = flag.unwrap_or(key);
+            if let Some(table) = keys[key].as_table().filter(|_| !flags.contains(&flag)) {
+                // Or one flag per entry of the table: `[plugins] engine` is
+                // `--plugin-engine`.
+                for entry in table.keys() {
+                    let entry_flag = format!("{flag}-{entry}");
+                    assert!(
+                        flags.contains(&entry_flag.as_str()),
+                        "no --{entry_flag} flag for key `{key}.{entry}`"
+                    );
+                }
+                continue;
+            }
             assert!(flags.contains(&flag), "no --{flag} flag for key `{key}`");
         }
     }
