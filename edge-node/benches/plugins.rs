@@ -57,7 +57,7 @@ fn batch() -> Vec<u8> {
     });
     for i in 0..RECORDS {
         let mut value = format!(
-            r#"{{"device_id":"dev-{:03}","seq":{i:06},"temp":21.5,"pad":""#,
+            r#"{{"device_id":"dev-{:03}","seq":{i},"temp":21.5,"pad":""#,
             i % 50
         );
         while value.len() < VALUE_BYTES - 2 {
