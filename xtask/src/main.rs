@@ -141,7 +141,7 @@ fn main() -> ExitCode {
     let root = workspace_root();
     let result = match cli.verb {
         Verb::Setup => setup(),
-        Verb::Ci => ci(&root),
+        Verb::Ci => setup().and_then(|()| ci(&root)),
         Verb::Plugins => plugins(&root).map(|_| ()),
         Verb::Bench { args } => bench(&root, args),
         Verb::Image { board, profile } => image::image(&root, &board, &profile).map(|_| ()),
