@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::string::ToString;
 use std::vec::Vec;
 
-use super::{BatchError, Compression};
+use super::{Batch, BatchError, Compression};
 
 /// zstd level used when compressing (Kafka's default, `compression.zstd.level` = 3).
 pub const ZSTD_LEVEL: i32 = 3;
@@ -32,60 +32,85 @@ const _: () = assert!(ZSTD_WINDOW_LOG_FLOOR <= ZSTD_WINDOW_LOG_CEILING);
 
 /// Compresses `data` (a batch's records section) with `codec`.
 pub fn compress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, BatchError> {
+    let mut out = Vec::with_capacity(data.len() / 2 + 64);
+    compress_into(codec, data, &mut out)?;
+    Ok(out)
+}
+
+/// Compresses `data` with `codec`, appending to `out`. On an error `out` may
+/// hold part of the output after what it held before.
+fn compress_into(codec: Compression, data: &[u8], out: &mut Vec<u8>) -> Result<(), BatchError> {
     match codec {
-        Compression::None => Ok(data.to_vec()),
+        Compression::None => out.extend_from_slice(data),
         Compression::Gzip => {
-            let out = Vec::with_capacity(data.len() / 2 + 64);
             let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
             enc.write_all(data).map_err(codec_error(codec))?;
-            enc.finish().map_err(codec_error(codec))
+            enc.finish().map_err(codec_error(codec))?;
         }
         Compression::Lz4 => {
             let info = lz4_flex::frame::FrameInfo::new()
                 .block_size(lz4_flex::frame::BlockSize::Max64KB)
                 .block_mode(lz4_flex::frame::BlockMode::Independent);
-            let out = Vec::with_capacity(data.len() / 2 + 64);
             let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, out);
             enc.write_all(data).map_err(codec_error(codec))?;
-            enc.finish().map_err(codec_error(codec))
+            enc.finish().map_err(codec_error(codec))?;
         }
-        Compression::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL).map_err(codec_error(codec)),
-        Compression::Snappy => Err(BatchError::UnsupportedCompression(codec.name())),
+        Compression::Zstd => {
+            let packed = zstd::bulk::compress(data, ZSTD_LEVEL).map_err(codec_error(codec))?;
+            out.extend_from_slice(&packed);
+        }
+        Compression::Snappy => return Err(BatchError::UnsupportedCompression(codec.name())),
     }
+    Ok(())
 }
 
-/// Rewrites one whole batch so its records section uses `codec` (Kafka's
-/// topic-level `compression.type`, when it is not `producer`).
+/// Appends `batch` to `out`, rewritten so its records section uses `codec`
+/// (Kafka's topic-level `compression.type`, when it is not `producer`).
 ///
 /// The records section is the same bytes whatever the codec, so records are
 /// not re-encoded: the section is decompressed (at most
-/// `decompressed_bytes_max` bytes), compressed again, and the header gets the
-/// new codec bits, length and CRC. Every other header field (offsets,
-/// timestamps, producer id, epoch, sequence, leader epoch) is kept. The CRC of
-/// `batch` is checked first, so a corrupt batch is never given a fresh, valid
-/// CRC. A batch already in `codec` comes back unchanged.
-pub fn recompress(
-    batch: &[u8],
+/// `decompressed_bytes_max` bytes) and compressed again straight into `out`,
+/// and the header gets the new codec bits, length and CRC. Every other header
+/// field (offsets, timestamps, producer id, epoch, sequence, leader epoch) is
+/// kept. A [`Batch`] has passed its CRC check when it was parsed, so a corrupt
+/// batch is never given a fresh, valid CRC. A batch already in `codec` is
+/// appended unchanged. On an error `out` is left as it was.
+pub fn recompress_into(
+    batch: &Batch<'_>,
     codec: Compression,
     decompressed_bytes_max: usize,
-) -> Result<Vec<u8>, BatchError> {
+    out: &mut Vec<u8>,
+) -> Result<(), BatchError> {
+    let start = out.len();
+    let result = append_recompressed(batch, codec, decompressed_bytes_max, out);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn append_recompressed(
+    batch: &Batch<'_>,
+    codec: Compression,
+    decompressed_bytes_max: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), BatchError> {
     use super::header::{self, CRC_START, HEADER_LEN, LOG_OVERHEAD};
 
-    let h = header::verify_crc(batch)?;
+    let h = &batch.header;
     let current = h.attributes.compression()?;
     if current == codec {
-        return Ok(batch.to_vec());
+        out.extend_from_slice(batch.bytes);
+        return Ok(());
     }
     if h.attributes.is_control() {
         return Err(BatchError::Invalid("control batches are never compressed"));
     }
-    let section = &batch[HEADER_LEN..];
-    let plain = match current {
-        Compression::None => std::borrow::Cow::Borrowed(section),
-        other => std::borrow::Cow::Owned(decompress(other, section, decompressed_bytes_max)?),
-    };
-    let packed = compress(codec, &plain)?;
-    let total = HEADER_LEN + packed.len();
+    let plain = batch.decompressed(decompressed_bytes_max)?;
+    let start = out.len();
+    out.extend_from_slice(&batch.bytes[..HEADER_LEN]);
+    compress_into(codec, &plain, out)?;
+    let total = out.len() - start;
     let batch_length = u32::try_from(total - LOG_OVERHEAD)
         .ok()
         .filter(|len| *len <= i32::MAX as u32)
@@ -94,15 +119,13 @@ pub fn recompress(
             actual: total as u64,
             limit: i32::MAX as u64,
         })?;
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(&batch[..HEADER_LEN]);
-    out.extend_from_slice(&packed);
+    let written = &mut out[start..];
     let attributes = h.attributes.with_compression(codec);
-    out[8..12].copy_from_slice(&batch_length.to_be_bytes());
-    out[21..23].copy_from_slice(&attributes.0.to_be_bytes());
-    let crc = header::crc32c_of(&out[CRC_START..]);
-    out[17..21].copy_from_slice(&crc.to_be_bytes());
-    Ok(out)
+    written[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    written[21..23].copy_from_slice(&attributes.0.to_be_bytes());
+    let crc = header::crc32c_of(&written[CRC_START..]);
+    written[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(())
 }
 
 /// Decompresses `data` (a batch's records section) compressed with `codec`, failing
@@ -303,7 +326,8 @@ mod tests {
             let (orig, _) = Batch::parse(&original).unwrap();
             let want = orig.records(1 << 20).unwrap();
             for to in codecs {
-                let out = recompress(&original, to, 1 << 20).unwrap();
+                let mut out = Vec::new();
+                recompress_into(&orig, to, 1 << 20, &mut out).unwrap();
                 let h = header::verify_crc(&out).unwrap();
                 assert_eq!(
                     h.attributes.compression().unwrap(),
@@ -332,15 +356,23 @@ mod tests {
         let mut bad = sample_batch(Compression::None);
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
+        let mut out = Vec::new();
         assert!(matches!(
-            recompress(&bad, Compression::Zstd, 1 << 20),
+            Batch::new_checked(&bad).and_then(|b| recompress_into(
+                &b,
+                Compression::Zstd,
+                1 << 20,
+                &mut out
+            )),
             Err(BatchError::CrcMismatch { .. })
         ));
         let zstd = sample_batch(Compression::Zstd);
+        let zstd = Batch::new_checked(&zstd).unwrap();
         assert!(matches!(
-            recompress(&zstd, Compression::Lz4, 16),
+            recompress_into(&zstd, Compression::Lz4, 16, &mut out),
             Err(BatchError::TooLarge { .. })
         ));
+        assert!(out.is_empty());
     }
 
     #[test]

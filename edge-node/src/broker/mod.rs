@@ -38,7 +38,7 @@ use eddy_core::batch::{Batch, Compression, RecordIter};
 use eddy_core::compaction::DECOMPRESSED_BATCH_BYTES_MAX;
 use eddy_core::config::LogConfig;
 use eddy_core::layout;
-use eddy_core::log::{LogError, PartitionLog, validate_produce};
+use eddy_core::log::{LogError, PartitionLog, Validated, validate_produce};
 use eddy_core::storage::{FsStorage, Storage};
 use event_listener::Event;
 use futures_lite::FutureExt as _;
@@ -504,22 +504,14 @@ impl Broker {
         check_codecs(topic, index, &batches)?;
         // The CRC pass runs here, on the request's task, so appends to one
         // partition hold its lock only to write.
-        let mut checked = validate_produce(&batches, max_message_bytes)
+        let checked = validate_produce(&batches, max_message_bytes)
             .map_err(|e| partition::append_error(topic, index, e))?;
-        let batches = match compression_type {
-            Some(codec) => match recompress_batches(&batches, codec)
-                .map_err(|e| partition::append_error(topic, index, e.into()))?
-            {
-                Some(rewritten) => {
-                    // Kafka checks `max.message.bytes` against the batch as stored.
-                    checked = validate_produce(&rewritten, max_message_bytes)
-                        .map_err(|e| partition::append_error(topic, index, e))?;
-                    rewritten
-                }
-                None => batches,
-            },
-            None => batches,
+        let rewritten = match compression_type {
+            Some(codec) => recompress_batches(&batches, checked, codec, max_message_bytes)
+                .map_err(|e| partition::append_error(topic, index, e))?,
+            None => None,
         };
+        let (batches, checked) = rewritten.unwrap_or((batches, checked));
         let append = p.append(batches, checked);
         let result = if acks == Acks::All && timeout_ms > 0 {
             let timeout = async {
@@ -928,39 +920,72 @@ fn read_error(topic: &str, partition: u32, e: LogError) -> BrokerError {
     }
 }
 
-/// Rejects batches whose compression codec the node cannot serve (Kafka
-/// checks this too). One header parse per batch, no per-record work.
-/// Applies a topic's `compression.type` (other than `producer`): every batch
-/// not already in `codec` is recompressed. `None` when nothing needed it, so
-/// the producer's bytes are appended as they came. `batches` has passed
-/// [`validate_produce`].
+/// Applies a topic's `compression.type` (other than `producer`): batches not
+/// already in `codec` are recompressed, and `max.message.bytes` is checked on
+/// them as stored (as Kafka does). `None` when nothing needed it, so the
+/// producer's bytes are appended as they came.
+///
+/// `batches` has passed [`validate_produce`] (`checked`), so their CRCs are
+/// not verified again: each header is parsed once and only the batches that
+/// change are decompressed, compressed and given a new CRC, straight into the
+/// request's new buffer.
 fn recompress_batches(
     batches: &[u8],
+    checked: Validated,
     codec: Compression,
-) -> Result<Option<Vec<u8>>, eddy_core::batch::BatchError> {
-    let mut parts = Vec::new();
-    let mut any = false;
-    for batch in eddy_core::batch::BatchIter::new(batches) {
-        let batch = batch?;
-        if batch.compression()? == codec {
-            parts.push(std::borrow::Cow::Borrowed(batch.bytes));
-        } else {
-            any = true;
-            parts.push(std::borrow::Cow::Owned(
-                eddy_core::batch::compression::recompress(
-                    batch.bytes,
-                    codec,
-                    DECOMPRESSED_BATCH_BYTES_MAX,
-                )?,
-            ));
+    max_message_bytes: u64,
+) -> Result<Option<(Vec<u8>, Validated)>, LogError> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut pos = 0usize;
+    while pos < batches.len() {
+        let rest = &batches[pos..];
+        let header = BatchHeader::parse(rest)?;
+        let total = usize::try_from(header.total_len())
+            .ok()
+            .filter(|total| *total <= rest.len())
+            .ok_or(eddy_core::batch::BatchError::Corrupt(
+                "batch length past the request",
+            ))?;
+        let batch = Batch {
+            header,
+            bytes: &rest[..total],
+        };
+        if batch.compression()? != codec {
+            let out = out.get_or_insert_with(|| {
+                let mut out = Vec::with_capacity(batches.len());
+                out.extend_from_slice(&batches[..pos]);
+                out
+            });
+            let start = out.len();
+            eddy_core::batch::compression::recompress_into(
+                &batch,
+                codec,
+                DECOMPRESSED_BATCH_BYTES_MAX,
+                out,
+            )?;
+            let size = (out.len() - start) as u64;
+            if size > max_message_bytes {
+                return Err(LogError::RecordTooLarge {
+                    size,
+                    max: max_message_bytes,
+                });
+            }
+        } else if let Some(out) = out.as_mut() {
+            out.extend_from_slice(batch.bytes);
         }
+        pos += total;
     }
-    if !any {
-        return Ok(None);
-    }
-    Ok(Some(parts.concat()))
+    Ok(out.map(|out| {
+        let checked = Validated {
+            bytes: out.len() as u64,
+            ..checked
+        };
+        (out, checked)
+    }))
 }
 
+/// Rejects batches whose compression codec the node cannot serve (Kafka
+/// checks this too). One header parse per batch, no per-record work.
 fn check_codecs(topic: &str, partition: u32, batches: &[u8]) -> Result<(), BrokerError> {
     let mut pos = 0usize;
     while pos < batches.len() {
