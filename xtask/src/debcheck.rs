@@ -13,7 +13,7 @@ use std::process::Command;
 
 use crate::board::Board;
 use crate::cross::{self, target_dir};
-use crate::image::{BIN_PATH, CONFIG_PATH, DATA_DIR, UNIT_PATH};
+use crate::image::{BIN_PATH, CONFIG_PATH, DATA_DIR, PLUGINS_PATH, UNIT_PATH};
 use crate::{Failure, output_of, run_step};
 
 /// The Debian release of the check root.
@@ -75,10 +75,12 @@ fn inspect(deb: &Path, board: &Board) -> Result<(), Failure> {
             problems.push(format!("no {script}"));
         }
     }
+    let enrich = format!("{PLUGINS_PATH}/enrich.wasm");
     for (path, owner) in [
         (BIN_PATH, "root/root"),
         (CONFIG_PATH, "root/root"),
         (UNIT_PATH, "root/root"),
+        (enrich.as_str(), "root/root"),
     ] {
         let listed = contents
             .lines()
@@ -152,7 +154,8 @@ fn install_in_chroot(root: &Path, deb: &Path, board: &Board) -> Result<(), Failu
     );
 
     let mut problems = Vec::new();
-    for path in [BIN_PATH, CONFIG_PATH, UNIT_PATH] {
+    let enrich = format!("{PLUGINS_PATH}/enrich.wasm");
+    for path in [BIN_PATH, CONFIG_PATH, UNIT_PATH, enrich.as_str()] {
         if !debroot.join(path).is_file() {
             problems.push(format!("/{path} missing"));
         }

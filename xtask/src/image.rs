@@ -2,7 +2,9 @@
 //! `<target-dir>/images/eddy-<version>-<board>.tar.gz` and `.deb`.
 //!
 //! Both hold the `eddy` binary (cross-built, stripped), the board profile as
-//! `/etc/eddy/eddy.toml`, and a hardened systemd unit running the node as
+//! `/etc/eddy/eddy.toml`, the example plugins (WebAssembly components, in
+//! `/usr/share/eddy/plugins`; the node compiles one for the board's engine
+//! when it is added), and a hardened systemd unit running the node as
 //! the `eddy` system user with its data in `/var/lib/eddy`. The `.deb` is
 //! built by Debian's own `dpkg-deb`; its maintainer scripts create the user.
 
@@ -25,6 +27,10 @@ pub const BIN_PATH: &str = "usr/bin/eddy";
 pub const CONFIG_PATH: &str = "etc/eddy/eddy.toml";
 /// Where the systemd unit goes.
 pub const UNIT_PATH: &str = "lib/systemd/system/eddy.service";
+/// Where the example plugins go.
+pub const PLUGINS_PATH: &str = "usr/share/eddy/plugins";
+/// The test-only plugin images leave out.
+const TEST_PLUGINS: &[&str] = &["misbehave"];
 /// The node's data directory on the device (the boards' `data-dir`).
 pub const DATA_DIR: &str = "/var/lib/eddy";
 
@@ -37,13 +43,15 @@ pub struct Image {
     pub deb: PathBuf,
     /// The stripped binary inside both.
     pub binary_bytes: u64,
+    /// The plugins inside both: how many, and their bytes.
+    pub plugins: (usize, u64),
 }
 
 /// Builds the image for `board` with cargo profile `profile`.
 pub fn image(root: &Path, board_name: &str, profile: &str) -> Result<Image, Failure> {
     let board = Board::load(root, board_name)?;
     let version = cross::version(root)?;
-    let steps = ProgressBar::new(5).with_style(
+    let steps = ProgressBar::new(6).with_style(
         ProgressStyle::with_template("{spinner} [{pos}/{len}] {wide_msg} {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
@@ -61,6 +69,10 @@ pub fn image(root: &Path, board_name: &str, profile: &str) -> Result<Image, Fail
     let bin = cross::build_eddy(root, &board, profile, None, true)?;
     steps.inc(1);
 
+    steps.set_message("building the example plugins (wasm32-wasip2)");
+    let plugin_dir = steps.suspend(|| crate::plugins(root))?;
+    steps.inc(1);
+
     steps.set_message("staging files");
     let images = target_dir(root).join("images");
     let base = format!("eddy-{version}-{board_name}");
@@ -68,6 +80,7 @@ pub fn image(root: &Path, board_name: &str, profile: &str) -> Result<Image, Fail
     if stage.exists() {
         fs::remove_dir_all(&stage).map_err(|e| io_failure("stage", &stage, e))?;
     }
+    let plugins = stage_plugins(&stage, &plugin_dir)?;
     stage_files(&stage, &board, &bin, &version)?;
     let binary_bytes = fs::metadata(stage.join(BIN_PATH))
         .map_err(|e| io_failure("stage", &stage, e))?
@@ -94,6 +107,7 @@ pub fn image(root: &Path, board_name: &str, profile: &str) -> Result<Image, Fail
         tarball,
         deb,
         binary_bytes,
+        plugins,
     };
     print_summary(&board, profile, &image)?;
     Ok(image)
@@ -112,6 +126,21 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), Failure> {
         .map_err(|e| io_failure("stage", path, e))
 }
 
+/// Copies the example plugins (not the test-only ones) from `plugin_dir` to
+/// [`PLUGINS_PATH`]; their count and bytes.
+fn stage_plugins(stage: &Path, plugin_dir: &Path) -> Result<(usize, u64), Failure> {
+    let (mut count, mut bytes) = (0, 0);
+    for name in crate::PLUGINS.iter().filter(|p| !TEST_PLUGINS.contains(p)) {
+        let file = format!("{name}.wasm");
+        let from = plugin_dir.join(&file);
+        let wasm = fs::read(&from).map_err(|e| io_failure("stage", &from, e))?;
+        write_file(&stage.join(PLUGINS_PATH).join(&file), &wasm, 0o644)?;
+        count += 1;
+        bytes += wasm.len() as u64;
+    }
+    Ok((count, bytes))
+}
+
 /// The package tree: files at their device paths, plus `DEBIAN/`.
 fn stage_files(stage: &Path, board: &Board, bin: &Path, version: &str) -> Result<(), Failure> {
     let binary = fs::read(bin).map_err(|e| io_failure("stage", bin, e))?;
@@ -122,7 +151,10 @@ fn stage_files(stage: &Path, board: &Board, bin: &Path, version: &str) -> Result
     let doc = format!(
         "Eddy {version} for {} ({}).\n\n{}\n\nConfig: /{CONFIG_PATH} (the board profile; \
          `eddy serve --help` lists every key). Data: {DATA_DIR}. Clients trust \
-         {DATA_DIR}/tls/ca.pem.\nStart: systemctl enable --now eddy\n",
+         {DATA_DIR}/tls/ca.pem.\nStart: systemctl enable --now eddy\nPlugins: \
+         /{PLUGINS_PATH}; for example `eddy plugin add enrich --wasm \
+         /{PLUGINS_PATH}/enrich.wasm --config gateway-id=gw-1`, then `eddy topic create \
+         readings --config interceptor.plugins=enrich`.\n",
         board.table.name,
         board.target(),
         board.table.description
@@ -346,6 +378,11 @@ fn print_summary(board: &Board, profile: &str, image: &Image) -> Result<(), Fail
             ".tar.gz",
             size(&image.tarball)?,
             image.tarball.display().to_string(),
+        ),
+        (
+            "plugins",
+            image.plugins.1,
+            format!("{PLUGINS_PATH}/ ({} components)", image.plugins.0),
         ),
         (".deb", size(&image.deb)?, image.deb.display().to_string()),
     ];

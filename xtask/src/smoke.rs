@@ -2,8 +2,11 @@
 //! driven by the host-built `eddy` CLI over QUIC on 127.0.0.1.
 //!
 //! Starts `eddy serve --board BOARD` under `qemu-aarch64` / `qemu-arm` (with
-//! `-L` pointing at the target's libc), creates a topic, produces 10,000
-//! records, consumes them back and checks every one, measures idle and peak
+//! `-L` pointing at the target's libc), installs the `enrich` interceptor
+//! plugin (compiled on the emulated node with the board's engine: Cranelift
+//! on aarch64, Pulley on armv7), creates a topic that runs it, produces
+//! 10,000 records, consumes them back and checks every one (its value, and
+//! the header the plugin added), measures idle and peak
 //! RSS of the emulated process and produce throughput (emulated numbers:
 //! trends only), then stops the node by its PID with SIGTERM and checks that
 //! it exited cleanly. The numbers go to `<target-dir>/smoke/<board>.json`.
@@ -33,6 +36,10 @@ const IDLE_SETTLE: Duration = Duration::from_secs(2);
 const BENCH_RECORDS: u64 = 50_000;
 /// Value size of the throughput run, bytes.
 const BENCH_RECORD_BYTES: u32 = 100;
+/// The interceptor plugin the smoke topic runs.
+const PLUGIN: &str = "enrich";
+/// The header it adds to every record, and the value it is configured with.
+const PLUGIN_HEADER: &str = "gateway-id";
 
 /// The emulated node: killed on drop if still running.
 struct Emulated {
@@ -77,6 +84,17 @@ fn listening_addr(log: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The value of header `key` in a record printed by `eddy consume --format json`.
+fn header_value<'a>(record: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    record
+        .get("headers")?
+        .as_array()?
+        .iter()
+        .find(|h| h.get("key").and_then(|k| k.as_str()) == Some(key))?
+        .get("value")?
+        .as_str()
+}
+
 fn value(i: usize) -> String {
     format!("smoke-{i:05}-{}", "x".repeat(64))
 }
@@ -96,6 +114,8 @@ pub fn smoke(root: &Path, board_name: &str, profile: &str) -> Result<(), Failure
         .args(["build", "--locked", "-p", "eddy-node", "--bin", "eddy"]);
     run_step("cargo build host eddy", host_build)?;
     let host_eddy = target_dir(root).join("debug").join("eddy");
+    println!("xtask smoke: building the example plugins");
+    let plugin_wasm = crate::plugins(root)?.join(format!("{PLUGIN}.wasm"));
 
     let work = target_dir(root).join("smoke").join(board_name);
     if work.exists() {
@@ -174,10 +194,39 @@ pub fn smoke(root: &Path, board_name: &str, profile: &str) -> Result<(), Failure
         cmd
     };
 
+    // The interceptor: compiled by the emulated node, with the board's engine.
+    let gateway = format!("smoke-{board_name}");
+    let plugin_started = Instant::now();
+    let wasm_arg = plugin_wasm.to_string_lossy().into_owned();
+    let gateway_arg = format!("{PLUGIN_HEADER}={gateway}");
+    run_step(
+        "eddy plugin add",
+        client(&[
+            "plugin",
+            "add",
+            PLUGIN,
+            "--wasm",
+            &wasm_arg,
+            "--config",
+            &gateway_arg,
+        ]),
+    )?;
+    let plugin_add_ms = plugin_started.elapsed().as_millis();
+    println!("xtask smoke: interceptor {PLUGIN} installed in {plugin_add_ms} ms (emulated)");
+
     let partitions = PARTITIONS.to_string();
+    let interceptors = format!("interceptor.plugins={PLUGIN}");
     run_step(
         "eddy topic create",
-        client(&["topic", "create", "smoke", "--partitions", &partitions]),
+        client(&[
+            "topic",
+            "create",
+            "smoke",
+            "--partitions",
+            &partitions,
+            "--config",
+            &interceptors,
+        ]),
     )?;
 
     // Produce: one record per line through the host CLI.
@@ -222,6 +271,8 @@ pub fn smoke(root: &Path, board_name: &str, profile: &str) -> Result<(), Failure
         &records,
         "--timeout-ms",
         "60000",
+        "--format",
+        "json",
     ])
     .output()
     .map_err(|e| Failure::new("eddy consume", e.to_string()))?;
@@ -231,24 +282,45 @@ pub fn smoke(root: &Path, board_name: &str, profile: &str) -> Result<(), Failure
             format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
         ));
     }
-    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut got = Vec::with_capacity(RECORDS);
+    let mut unstamped = 0usize;
+    for line in stdout.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            Failure::new(
+                "smoke check",
+                format!("`eddy consume` printed {line:?}: {e}"),
+            )
+        })?;
+        if header_value(&record, PLUGIN_HEADER) != Some(gateway.as_str()) {
+            unstamped += 1;
+        }
+        got.push(
+            record
+                .get("value")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
     let unique: BTreeSet<&str> = got.iter().map(String::as_str).collect();
     let want: BTreeSet<String> = (0..RECORDS).map(value).collect();
     let missing = want.iter().filter(|v| !unique.contains(v.as_str())).count();
-    if got.len() != RECORDS || unique.len() != RECORDS || missing != 0 {
+    if got.len() != RECORDS || unique.len() != RECORDS || missing != 0 || unstamped != 0 {
         return Err(Failure::new(
             "smoke check",
             format!(
-                "consumed {} records ({} distinct), {missing} of {RECORDS} missing",
+                "consumed {} records ({} distinct), {missing} of {RECORDS} missing, {unstamped} \
+                 without the `{PLUGIN_HEADER}: {gateway}` header the {PLUGIN} interceptor adds",
                 got.len(),
                 unique.len()
             ),
         ));
     }
-    println!("xtask smoke: {RECORDS} records produced, consumed and checked");
+    println!(
+        "xtask smoke: {RECORDS} records produced through the {PLUGIN} interceptor, consumed and \
+         checked"
+    );
 
     // Throughput, with the producer the benchmarks use.
     let bench_records = BENCH_RECORDS.to_string();
@@ -318,6 +390,8 @@ pub fn smoke(root: &Path, board_name: &str, profile: &str) -> Result<(), Failure
         "emulator": emulator,
         "emulated": board.qemu().is_some(),
         "records_checked": RECORDS,
+        "interceptor": PLUGIN,
+        "plugin_add_ms": plugin_add_ms,
         "start_ms": start_ms,
         "idle_rss_kib": idle_kib,
         "peak_rss_kib": peak_kib,
