@@ -820,7 +820,12 @@ async fn fetch(
         },
     };
     let routed = match client.for_partition(&topic, partition).await {
-        Ok(leader) => leader.request(header, &[]).await,
+        Ok(leader) => {
+            let request = leader.request(header, &[]);
+            client
+                .unless_leader_moves(&topic, partition, &leader, limits.max_wait_ms, request)
+                .await
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = &routed

@@ -1241,7 +1241,14 @@ async fn deliver(
             Ok(leader) if config.acks == Acks::None => {
                 leader.send_only(header, batch).await.map(|()| None)
             }
-            Ok(leader) => leader.request(header, batch).await.map(Some),
+            Ok(leader) => {
+                let request = leader.request(header, batch);
+                shared
+                    .client
+                    .unless_leader_moves(topic, partition, &leader, 0, request)
+                    .await
+                    .map(Some)
+            }
             Err(e) => Err(e),
         };
         let error = match result {

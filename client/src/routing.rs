@@ -12,9 +12,13 @@
 //! A single node (Metadata lists one node) is always its own leader.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use crate::connection::{Client, ClientError, ClientOptions};
+use futures_lite::FutureExt as _;
+
+use crate::connection::{Client, ClientError, ClientOptions, Metadata};
 use crate::protocol::{ErrorBody, ErrorCode, NO_LEADER};
 
 /// Leaders and node addresses learnt from Metadata, shared by a client's clones.
@@ -24,6 +28,14 @@ pub(crate) struct Routes {
     nodes: HashMap<u32, String>,
     clients: HashMap<String, Client>,
 }
+
+/// How long a request waits on a partition leader before the other nodes are
+/// asked whether it still leads ([`Client::unless_leader_moves`]).
+pub const LEADER_CHECK_AFTER_MS: u64 = 500;
+/// How often they are asked after that.
+pub const LEADER_CHECK_PERIOD_MS: u64 = 250;
+/// How long one node may take to answer that question before the next is asked.
+pub const LEADER_CHECK_ASK_MS: u64 = 1000;
 
 /// Most partitions whose leader is cached before the cache starts over.
 const ROUTES_MAX: usize = 100_000;
@@ -115,6 +127,114 @@ impl Client {
         Ok(client)
     }
 
+    /// Caches the nodes and leaders `metadata` (answered by `c`) lists.
+    fn learn(&self, c: &Client, metadata: &Metadata) {
+        let mut routes = lock(self.routes());
+        if routes.leaders.len() > ROUTES_MAX {
+            routes.leaders.clear();
+        }
+        let single = metadata.nodes.len() <= 1;
+        for n in &metadata.nodes {
+            // A single node answers at the address this client
+            // already uses (its own may say 0.0.0.0).
+            let address = if single {
+                c.options().server.clone()
+            } else {
+                n.address.clone()
+            };
+            routes.nodes.insert(n.id, address);
+        }
+        for t in &metadata.topics {
+            for &(p, leader) in &t.partitions {
+                routes.leaders.insert((t.name.clone(), p), leader);
+                if single && leader != NO_LEADER {
+                    // A single node leads everything it reports.
+                    routes.nodes.insert(leader, c.options().server.clone());
+                }
+            }
+        }
+    }
+
+    /// Runs `request`, sent to `leader` (what [`Client::for_partition`]
+    /// returned for `topic`-`partition`), unless the partition's leadership
+    /// moves first.
+    ///
+    /// A leader killed without closing its connections goes unnoticed until
+    /// the QUIC idle timeout. So once a request has waited `expected_ms` (how
+    /// long it may take by design, such as a fetch's `max_wait_ms`) plus
+    /// [`LEADER_CHECK_AFTER_MS`], the other nodes are asked every
+    /// [`LEADER_CHECK_PERIOD_MS`] who leads the partition; when the cluster
+    /// has moved it (or it has no leader), the request is abandoned with a
+    /// retriable `NotLeaderOrFollower`, as if the old leader had said so. The
+    /// outcome at the old leader is unknown then, as after a timeout. A single
+    /// node has nobody to ask and just waits.
+    pub(crate) async fn unless_leader_moves<T>(
+        &self,
+        topic: &str,
+        partition: u32,
+        leader: &Client,
+        expected_ms: u32,
+        request: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let moved = async {
+            let first = u64::from(expected_ms) + LEADER_CHECK_AFTER_MS;
+            smol::Timer::after(Duration::from_millis(first)).await;
+            loop {
+                if self.led_elsewhere(topic, partition, leader).await {
+                    return Err(ClientError::Server(ErrorBody {
+                        code: ErrorCode::NotLeaderOrFollower,
+                        message: format!(
+                            "{topic}-{partition}: the cluster moved the leadership away from \
+                             {} while a request was waiting on it; retry on the new leader",
+                            leader.options().server
+                        ),
+                    }));
+                }
+                smol::Timer::after(Duration::from_millis(LEADER_CHECK_PERIOD_MS)).await;
+            }
+        };
+        request.or(moved).await
+    }
+
+    /// Whether a node other than `leader` says that another node (or none)
+    /// leads `topic`-`partition`. Learns the answer's routes.
+    async fn led_elsewhere(&self, topic: &str, partition: u32, leader: &Client) -> bool {
+        let silent = &leader.options().server;
+        let others: Vec<String> = {
+            let routes = lock(self.routes());
+            if routes.nodes.len() <= 1 {
+                return false;
+            }
+            routes
+                .nodes
+                .values()
+                .filter(|address| *address != silent)
+                .cloned()
+                .collect()
+        };
+        for address in others {
+            let Ok(c) = self.client_for(&address) else {
+                continue;
+            };
+            // A node that is down too must not hold the check up.
+            let ask = async { c.metadata(Some(vec![topic.to_owned()])).await.ok() };
+            let give_up = async {
+                smol::Timer::after(Duration::from_millis(LEADER_CHECK_ASK_MS)).await;
+                None
+            };
+            let Some(metadata) = ask.or(give_up).await else {
+                continue;
+            };
+            self.learn(&c, &metadata);
+            let routes = lock(self.routes());
+            return match routes.leaders.get(&(topic.to_owned(), partition)) {
+                Some(&NO_LEADER) | None => true,
+                Some(id) => routes.nodes.get(id).is_none_or(|a| a != silent),
+            };
+        }
+        false
+    }
+
     /// Asks Metadata about `topic`: of this client's node, else of every other
     /// node known.
     async fn refresh_routes(&self, topic: &str) -> Result<(), ClientError> {
@@ -141,30 +261,7 @@ impl Client {
         for c in candidates {
             match c.metadata(Some(vec![topic.to_owned()])).await {
                 Ok(metadata) => {
-                    let mut routes = lock(self.routes());
-                    if routes.leaders.len() > ROUTES_MAX {
-                        routes.leaders.clear();
-                    }
-                    let single = metadata.nodes.len() <= 1;
-                    for n in &metadata.nodes {
-                        // A single node answers at the address this client
-                        // already uses (its own may say 0.0.0.0).
-                        let address = if single {
-                            c.options().server.clone()
-                        } else {
-                            n.address.clone()
-                        };
-                        routes.nodes.insert(n.id, address);
-                    }
-                    for t in &metadata.topics {
-                        for &(p, leader) in &t.partitions {
-                            routes.leaders.insert((t.name.clone(), p), leader);
-                            if single && leader != NO_LEADER {
-                                // A single node leads everything it reports.
-                                routes.nodes.insert(leader, c.options().server.clone());
-                            }
-                        }
-                    }
+                    self.learn(&c, &metadata);
                     return Ok(());
                 }
                 Err(e) if e.is_connection_error() => last = Some(e),

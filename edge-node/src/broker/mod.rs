@@ -689,12 +689,7 @@ impl Broker {
             });
         };
         let next_offset = slice.next_offset;
-        let bytes = if slice.len <= FETCH_INLINE_READ_BYTES_MAX {
-            slice.read_to_vec()
-        } else {
-            smol::unblock(move || slice.read_to_vec()).await
-        }
-        .map_err(|source| {
+        let bytes = read_slice(slice).await.map_err(|source| {
             read_error(
                 topic,
                 partition,
@@ -898,6 +893,18 @@ fn unknown_partition(topic: &str, partition: u32, count: usize) -> BrokerError {
             count.saturating_sub(1)
         ),
     )
+}
+
+/// The bytes of `slice`: read on the executor when at most
+/// [`FETCH_INLINE_READ_BYTES_MAX`] (page-cache hits, cheaper than a thread
+/// hop), on a blocking thread when larger, so a slow disk cannot stall the
+/// executor. Consumer and replica fetches both read through here.
+pub(crate) async fn read_slice(slice: eddy_core::log::FileSlice) -> std::io::Result<Vec<u8>> {
+    if slice.len <= FETCH_INLINE_READ_BYTES_MAX {
+        slice.read_to_vec()
+    } else {
+        smol::unblock(move || slice.read_to_vec()).await
+    }
 }
 
 fn read_error(topic: &str, partition: u32, e: LogError) -> BrokerError {

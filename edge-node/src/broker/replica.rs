@@ -530,14 +530,12 @@ impl Broker {
             })?;
             check_epoch(&p, leader_epoch)?;
             if let Some(slice) = slice {
-                let bytes = smol::unblock(move || slice.read_to_vec())
-                    .await
-                    .map_err(|e| {
-                        BrokerError::new(
-                            ErrorCode::KafkaStorageError,
-                            format!("{topic}-{partition}: {e}"),
-                        )
-                    })?;
+                let bytes = super::read_slice(slice).await.map_err(|e| {
+                    BrokerError::new(
+                        ErrorCode::KafkaStorageError,
+                        format!("{topic}-{partition}: {e}"),
+                    )
+                })?;
                 return Ok((
                     Response::ReplicaFetch {
                         high_watermark: hw,
