@@ -786,7 +786,54 @@ fn bench_replication_throughput_and_failover() {
         rf3 / rf1
     );
 
-    let old = wait_leader(&cluster, "rf3", None);
+    // Failover twice: a leader that is not the controller, then one that
+    // is (a metadata quorum election first). Killed nodes come back between.
+    for (topic, kill_controller) in [("fo1", false), ("fo2", true)] {
+        failover(&mut cluster, topic, kill_controller);
+    }
+}
+
+/// Kills (`kill -9`) the leader of a fresh RF=3 topic, chosen so it is (or
+/// is not) also the controller, and prints when the new leader is in the
+/// metadata and when a producer that was talking to the old leader has its
+/// next `acks=all` record acknowledged. Restarts the killed node afterwards.
+fn failover(cluster: &mut TestCluster, topic: &str, kill_controller: bool) {
+    let client = cluster.any_client();
+    let status = || {
+        smol::block_on(client.cluster_status())
+            .ok()
+            .and_then(|(controller, _)| controller)
+    };
+    let mut controller = None;
+    assert!(
+        wait_until(WAIT, || {
+            controller = status();
+            controller.is_some()
+        }),
+        "no controller:\n{}",
+        cluster.logs()
+    );
+    let controller = controller.unwrap_or_default();
+    // Three partitions: their leaders are spread over the nodes, so one of
+    // them is led by the controller and another is not.
+    smol::block_on(client.create_topic(
+        topic,
+        3,
+        3,
+        vec![("min.insync.replicas".to_owned(), "2".to_owned())],
+    ))
+    .expect("create topic");
+    let mut chosen = None;
+    let ok = wait_until(WAIT, || {
+        chosen = (0..3u32).find_map(|p| {
+            let l = smol::block_on(leader(&client, topic, p))?;
+            let full = smol::block_on(isr(&client, topic, p)).is_some_and(|i| i.len() == 3);
+            (full && (l == controller) == kill_controller).then_some((p, l))
+        });
+        chosen.is_some()
+    });
+    assert!(ok, "no partition of {topic} fits:\n{}", cluster.logs());
+    let (partition, old) = chosen.unwrap_or_default();
     let survivor = (0..3).find(|i| *i != old as usize).unwrap_or(0);
     let observer = cluster.client(survivor);
     // A producer whose connection to the old leader is open when it dies.
@@ -799,8 +846,11 @@ fn bench_replication_throughput_and_failover() {
         },
     )
     .expect("producer");
-    let record = || ProducerRecord::new("rf3", b"failover".to_vec()).with_partition(0);
-    smol::block_on(async { producer.send(record()).await.expect("send").await })
+    let owned = topic.to_owned();
+    let record =
+        move || ProducerRecord::new(owned.clone(), b"failover".to_vec()).with_partition(partition);
+    let first = record.clone();
+    smol::block_on(async { producer.send(first()).await.expect("send").await })
         .expect("acknowledged before the kill");
     cluster.kill9(old as usize);
     let killed = Instant::now();
@@ -810,7 +860,7 @@ fn bench_replication_throughput_and_failover() {
     });
     let mut elected = None;
     let ok = wait_until(WAIT, || {
-        let l = smol::block_on(leader(&observer, "rf3", 0));
+        let l = smol::block_on(leader(&observer, topic, partition));
         if l.is_some_and(|l| l != old) {
             elected = Some(killed.elapsed());
             true
@@ -823,8 +873,15 @@ fn bench_replication_throughput_and_failover() {
     let acked = acked.unwrap_or_else(|e| panic!("not acknowledged after failover: {e}"));
     smol::block_on(producer.close());
     println!(
-        "failover after kill -9 of leader {old} (default timeouts): new leader in the metadata \
-         after {:?}, next acks=all record acknowledged after {acked:?}",
+        "failover after kill -9 of leader {old} ({}; default timeouts): new leader in the \
+         metadata after {:?}, next acks=all record acknowledged after {acked:?}",
+        if kill_controller {
+            "also the controller"
+        } else {
+            "not the controller"
+        },
         elected.unwrap_or_default()
     );
+    cluster.start_node(old as usize);
+    cluster.wait_ready(3);
 }
