@@ -246,6 +246,23 @@ impl BatchBuilder {
         )
     }
 
+    /// Appends a record at the offset after the previous one, with headers given as
+    /// borrowed `(key, value)` pairs, so a caller holding the fields as slices
+    /// copies nothing before the encoding.
+    pub fn push_borrowed<'h, H>(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: H,
+    ) -> Result<(), BatchError>
+    where
+        H: Iterator<Item = (&'h str, Option<&'h [u8]>)> + Clone,
+    {
+        let offset_delta = self.tally.next_offset_delta()?;
+        self.push_fields(offset_delta, timestamp, 0, key, value, headers)
+    }
+
     /// Appends a record borrowed from another batch (e.g. one compaction keeps), at an
     /// explicit offset delta and absolute timestamp, without copying it into owned form.
     pub fn push_record_ref(
@@ -516,6 +533,26 @@ mod tests {
         assert!(h.attributes.is_transactional());
         assert!(!h.attributes.is_control());
         assert_eq!(h.attributes.compression(), Ok(Compression::None));
+    }
+
+    #[test]
+    fn borrowed_headers_encode_like_owned_ones() {
+        let headers = [
+            RecordHeader::new("h", Some(b"1")),
+            RecordHeader::new("n", None),
+        ];
+        let mut owned = BatchBuilder::new(BatchOptions::default());
+        owned.push(5, Some(b"k"), Some(b"v"), &headers).unwrap();
+        let mut borrowed = BatchBuilder::new(BatchOptions::default());
+        borrowed
+            .push_borrowed(
+                5,
+                Some(b"k"),
+                Some(b"v"),
+                [("h", Some(&b"1"[..])), ("n", None)].into_iter(),
+            )
+            .unwrap();
+        assert_eq!(owned.build().unwrap(), borrowed.build().unwrap());
     }
 
     #[test]
