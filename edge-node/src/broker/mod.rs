@@ -442,6 +442,7 @@ impl Broker {
                     &t.log_config.interceptor_plugins,
                     batches,
                     dead_letter.is_some(),
+                    t.log_config.compression_type,
                 )
                 .await?;
             if let (Some(dlt), Some(rejected)) = (dead_letter, out.dead_letter) {
@@ -456,7 +457,12 @@ impl Broker {
             && let Some(name) = t.log_config.partitioner_plugin.clone()
         {
             let count = t.partitions.len() as u32;
-            match self.plugins.partition(&name, topic, count, batches).await? {
+            let codec = t.log_config.compression_type;
+            match self
+                .plugins
+                .partition(&name, topic, count, batches, codec)
+                .await?
+            {
                 Partitioned::Split(parts) => {
                     let mut first = None;
                     for (index, part) in parts {

@@ -69,6 +69,7 @@ impl PluginHost {
         _chain: &[String],
         _batches: Vec<u8>,
         _dead_letter: bool,
+        _codec: Option<eddy_core::batch::Compression>,
     ) -> Result<Intercepted, BrokerError> {
         Err(refused())
     }
@@ -80,6 +81,7 @@ impl PluginHost {
         _topic: &str,
         _partitions: u32,
         batches: Vec<u8>,
+        _codec: Option<eddy_core::batch::Compression>,
     ) -> Result<Partitioned, BrokerError> {
         Ok(Partitioned::Fallback(batches))
     }

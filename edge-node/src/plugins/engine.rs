@@ -13,21 +13,25 @@ use log::{info, warn};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Strategy, Trap};
 
-use super::records::{self, Fate};
+use super::records::{self, Flat};
 use super::registry::{self, Entry, Layout};
 use super::stats::Stats;
 use super::{EPOCH_TICK_MS, Intercepted, Partitioned, PluginKind, Rejection, RetentionInput};
 use crate::broker::{BrokerError, now_ms};
 use crate::config::{PluginEngine, PluginsConfig};
 
-/// Bindings generated from `wit/` (`eddy:plugin@0.1.0`).
+/// Bindings generated from `wit/` (`eddy:plugin@0.2.0`). Parameters are
+/// borrowed, so a call passes the host's slices without copying them first.
 pub mod bindings {
-    /// The `interceptor` world; its `types` and `host` are shared by all.
+    /// The `interceptor` world; its `host` is shared by all, its `types`
+    /// with the partitioner.
     pub mod interceptor {
         wasmtime::component::bindgen!({
             world: "interceptor",
             path: "../wit",
-            additional_derives: [PartialEq],
+            ownership: Borrowing {
+                duplicate_if_necessary: false
+            },
         });
     }
     /// The `partitioner` world.
@@ -35,6 +39,9 @@ pub mod bindings {
         wasmtime::component::bindgen!({
             world: "partitioner",
             path: "../wit",
+            ownership: Borrowing {
+                duplicate_if_necessary: false
+            },
             with: {
                 "eddy:plugin/types": super::interceptor::eddy::plugin::types,
                 "eddy:plugin/host": super::interceptor::eddy::plugin::host,
@@ -46,16 +53,21 @@ pub mod bindings {
         wasmtime::component::bindgen!({
             world: "retention",
             path: "../wit",
+            ownership: Borrowing {
+                duplicate_if_necessary: false
+            },
             with: {
-                "eddy:plugin/types": super::interceptor::eddy::plugin::types,
                 "eddy:plugin/host": super::interceptor::eddy::plugin::host,
             },
         });
     }
-    pub use interceptor::eddy::plugin::{host, types};
+    pub use interceptor::eddy::plugin::{host, types, verdict_types};
+    pub use retention::eddy::plugin::retention_types;
 }
 
-use bindings::types::{Header, PartitionState, Record, Segment, Verdict};
+use bindings::retention_types::{PartitionState, Segment};
+use bindings::verdict_types::{Field, HeaderEdit, Verdict, Verdicts};
+use eddy_core::batch::{BatchBuilder, BatchOptions, Compression};
 
 /// Longest log line a plugin may write (longer ones are cut).
 const PLUGIN_LOG_BYTES_MAX: usize = 4096;
@@ -77,6 +89,8 @@ pub struct HostState {
 }
 
 impl bindings::types::Host for HostState {}
+impl bindings::verdict_types::Host for HostState {}
+impl bindings::retention_types::Host for HostState {}
 
 impl bindings::host::Host for HostState {
     fn log(
@@ -295,7 +309,7 @@ fn kind_of(engine: &Engine, component: &Component) -> Result<PluginKind, String>
         [kind] => Ok(*kind),
         _ => Err(format!(
             "the component exports {names:?}; a plugin implements exactly one world of \
-             eddy:plugin@0.1.0 (partitioner, interceptor or retention): build it with \
+             eddy:plugin@0.2.0 (partitioner, interceptor or retention): build it with \
              eddy-plugin-sdk and one of its features"
         )),
     }
@@ -411,7 +425,7 @@ impl PluginHost {
             .map_err(|e| format!("cannot link the component: {}", error_text(&e)))?;
         let wrong = |e: wasmtime::Error| {
             format!(
-                "the component does not match the {} world of eddy:plugin@0.1.0: {}",
+                "the component does not match the {} world of eddy:plugin@0.2.0: {}",
                 kind.name(),
                 error_text(&e)
             )
@@ -832,13 +846,16 @@ impl PluginHost {
     /// Runs the interceptor `chain` over a produce request: one call per
     /// plugin for the whole request. Disabled plugins are skipped (built-in
     /// behaviour: keep); a failing one fails the request with
-    /// [`ErrorCode::PluginFailed`] (retriable).
+    /// [`ErrorCode::PluginFailed`] (retriable). Batches a plugin changed are
+    /// rebuilt once, in `codec` (the topic's `compression.type`, when it is
+    /// not `producer`), so the append does not compress them again.
     pub async fn intercept(
         self: &Arc<Self>,
         topic: &str,
         chain: &[String],
         batches: Vec<u8>,
         dead_letter: bool,
+        codec: Option<Compression>,
     ) -> Result<Intercepted, BrokerError> {
         let mut slots = Vec::with_capacity(chain.len());
         for name in chain {
@@ -858,51 +875,81 @@ impl PluginHost {
         }
         let host = self.clone();
         let topic = topic.to_owned();
-        smol::unblock(move || host.intercept_blocking(&topic, &slots, batches, dead_letter)).await
+        smol::unblock(move || {
+            let (mut out, untouched) =
+                host.intercept_blocking(&topic, &slots, &batches, dead_letter, codec)?;
+            if untouched {
+                // Every record kept as it came: the producer's bytes, not a copy.
+                out.batches = Some(batches);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     fn intercept_blocking(
         &self,
         topic: &str,
         slots: &[Arc<Slot>],
-        batches: Vec<u8>,
+        batches: &[u8],
         dead_letter: bool,
-    ) -> Result<Intercepted, BrokerError> {
+        codec: Option<Compression>,
+    ) -> Result<(Intercepted, bool), BrokerError> {
         let corrupt = |e: String| {
             BrokerError::new(
                 ErrorCode::CorruptMessage,
                 format!("{topic}: {e}; nothing was appended"),
             )
         };
-        let decoded = records::decode(&batches).map_err(corrupt)?;
-        let total = decoded.records.len();
-        let mut fates: Vec<Fate> = vec![Fate::Unchanged; total];
-        // The records still alive, as the next plugin sees them, and where
-        // each came from.
-        let mut alive_idx: Vec<usize> = (0..total).collect();
-        let mut alive: Option<Vec<Record>> = None;
+        let internal = |e: String| {
+            BrokerError::new(
+                ErrorCode::UnknownServerError,
+                format!("{topic}: {e}; nothing was appended"),
+            )
+        };
+        let records::Decoded {
+            batches: metas,
+            flat,
+        } = records::decode(batches).map_err(corrupt)?;
+        let total = flat.len();
+        // The records still alive as the next plugin sees them, and where
+        // each came from in the request. The last plugin's verdicts are not
+        // applied to a copy: the batches are encoded from `current` and
+        // `pending` directly.
+        let mut current = flat;
+        let mut pending: Option<Verdicts> = None;
+        let mut origin: Vec<u32> = (0..total as u32).collect();
+        let mut changed = vec![false; total];
         let mut rejected: Vec<Rejection> = Vec::new();
-        let mut rejected_records: Vec<(Record, Vec<Header>)> = Vec::new();
+        let mut dead: Option<BatchBuilder> = None;
         for slot in slots {
-            if alive_idx.is_empty() {
+            if current.len() == 0 {
                 break;
             }
-            let input: &[Record] = alive.as_deref().unwrap_or(&decoded.records);
-            let n = input.len();
-            let verdicts = self.call(slot, n as u64, |inst| {
+            if let Some(answer) = pending.take() {
+                // Another plugin follows: apply the previous one's verdicts.
+                let mut next =
+                    Flat::with_capacity(current.len(), current.data.len() + answer.data.len());
+                let mut next_origin = Vec::with_capacity(current.len());
+                let keys = Keys::of(&current, &answer).map_err(internal)?;
+                for (i, idx) in origin.iter().enumerate() {
+                    if let Some((ts, key, value, headers)) = resolve(&current, &answer, &keys, i) {
+                        next.push(ts, key, value, headers).map_err(internal)?;
+                        next_origin.push(*idx);
+                    }
+                }
+                current = next;
+                origin = next_origin;
+            }
+            let n = current.len();
+            let answer = self.call(slot, n as u64, |inst| {
                 let Bound::Interceptor(b) = &inst.bound else {
                     return Ok(Err("not an interceptor".to_owned()));
                 };
-                let out = b.call_intercept(&mut inst.store, topic, input)?;
-                Ok(out.and_then(|v| {
-                    if v.len() == n {
-                        Ok(v)
-                    } else {
-                        Err(format!("returned {} verdicts for {n} records", v.len()))
-                    }
-                }))
+                let out = b.call_intercept(&mut inst.store, topic, current.as_param())?;
+                Ok(out.and_then(|v| check_verdicts(v, n)))
             });
-            let verdicts = match verdicts {
+            let answer = match answer {
                 Ok(v) => v,
                 Err(CallError::Unavailable(why)) => {
                     log::debug!("{topic}: interceptor {} skipped: {why}", slot.name);
@@ -919,51 +966,43 @@ impl PluginHost {
                     ));
                 }
             };
-            let mut current = alive.take().unwrap_or_else(|| decoded.records.clone());
-            let mut next = Vec::with_capacity(current.len());
-            let mut next_idx = Vec::with_capacity(current.len());
-            for ((verdict, record), &idx) in
-                verdicts.into_iter().zip(current.drain(..)).zip(&alive_idx)
-            {
+            if answer.verdicts.iter().all(|v| matches!(v, Verdict::Keep)) {
+                continue;
+            }
+            for (i, verdict) in answer.verdicts.iter().enumerate() {
+                let idx = origin[i];
                 match verdict {
-                    Verdict::Keep => {
-                        next.push(record);
-                        next_idx.push(idx);
-                    }
-                    Verdict::Replace(mut r) => {
-                        r.timestamp = record.timestamp;
-                        fates[idx] = Fate::Changed(r.clone());
-                        next.push(r);
-                        next_idx.push(idx);
-                    }
-                    Verdict::Drop => fates[idx] = Fate::Gone,
-                    Verdict::Reject(mut reason) => {
+                    Verdict::Keep | Verdict::Drop => {}
+                    Verdict::Rewrite(_) => changed[idx as usize] = true,
+                    Verdict::Reject(reason) => {
+                        let mut reason = reason.clone();
                         truncate(&mut reason, FAILURE_TEXT_BYTES_MAX);
-                        fates[idx] = Fate::Gone;
                         if dead_letter {
-                            let h = |k: &str, v: &str| Header {
-                                key: k.to_owned(),
-                                value: Some(v.as_bytes().to_vec()),
-                            };
-                            rejected_records.push((
-                                record,
-                                vec![
-                                    h("eddy.dlq.topic", topic),
-                                    h("eddy.dlq.plugin", &slot.name),
-                                    h("eddy.dlq.reason", &reason),
-                                ],
-                            ));
+                            let builder = dead
+                                .get_or_insert_with(|| BatchBuilder::new(BatchOptions::default()));
+                            let extra = [
+                                ("eddy.dlq.topic", Some(topic.as_bytes())),
+                                ("eddy.dlq.plugin", Some(slot.name.as_bytes())),
+                                ("eddy.dlq.reason", Some(reason.as_bytes())),
+                            ];
+                            records::push(
+                                builder,
+                                current.timestamp(i),
+                                current.key(i),
+                                current.value(i),
+                                current.headers(i).chain(extra),
+                            )
+                            .map_err(internal)?;
                         }
                         rejected.push(Rejection {
-                            index: idx,
+                            index: idx as usize,
                             plugin: slot.name.to_string(),
                             reason,
                         });
                     }
                 }
             }
-            alive = Some(next);
-            alive_idx = next_idx;
+            pending = Some(answer);
         }
         if !rejected.is_empty() && !dead_letter {
             let quoted: Vec<String> = rejected
@@ -985,33 +1024,68 @@ impl PluginHost {
                 ),
             ));
         }
-        let internal = |e: String| {
-            BrokerError::new(
-                ErrorCode::UnknownServerError,
-                format!("{topic}: {e}; nothing was appended"),
-            )
+        let mut position = vec![None; total];
+        for (i, idx) in origin.iter().enumerate() {
+            let alive = pending.as_ref().is_none_or(|answer| {
+                matches!(
+                    answer.verdicts.get(i),
+                    Some(Verdict::Keep | Verdict::Rewrite(_))
+                )
+            });
+            if alive {
+                position[*idx as usize] = Some(i as u32);
+            }
+        }
+        if position.iter().all(Option::is_some) && !changed.contains(&true) {
+            return Ok((Intercepted::default(), true));
+        }
+        let keys = match &pending {
+            Some(answer) => Keys::of(&current, answer).map_err(internal)?,
+            None => Keys {
+                current: current.header_keys(),
+                answer: Vec::new(),
+            },
         };
-        let out = records::encode(&batches, &decoded, &fates).map_err(internal)?;
-        let dead_letter = if rejected_records.is_empty() {
-            None
-        } else {
-            records::batch_of(&rejected_records).map_err(internal)?
+        let push = |builder: &mut BatchBuilder, i: usize| match &pending {
+            None => records::push(
+                builder,
+                current.timestamp(i),
+                current.key(i),
+                current.value(i),
+                current.headers_keyed(i, &keys.current),
+            ),
+            Some(answer) => match resolve(&current, answer, &keys, i) {
+                Some((ts, key, value, headers)) => records::push(builder, ts, key, value, headers),
+                None => Ok(()),
+            },
         };
-        Ok(Intercepted {
+        let out =
+            records::encode(batches, &metas, &position, &changed, codec, push).map_err(internal)?;
+        let dead_letter = dead
+            .map(|b| {
+                b.build()
+                    .map_err(|e| internal(format!("cannot encode a batch: {e}")))
+            })
+            .transpose()?;
+        let out = Intercepted {
             batches: out,
             rejected,
             dead_letter,
-        })
+        };
+        Ok((out, false))
     }
 
     /// Splits a produce request across partitions with partitioner `name`,
-    /// or hands the batches back when it is disabled or fails.
+    /// or hands the batches back when it is disabled or fails. Split batches
+    /// are built in `codec` (the topic's `compression.type`, when it is not
+    /// `producer`).
     pub async fn partition(
         self: &Arc<Self>,
         name: &str,
         topic: &str,
         partitions: u32,
         batches: Vec<u8>,
+        codec: Option<Compression>,
     ) -> Result<Partitioned, BrokerError> {
         let Some(slot) = self.slot(name) else {
             return Ok(Partitioned::Fallback(batches));
@@ -1028,15 +1102,16 @@ impl PluginHost {
                     ));
                 }
             };
-            if decoded.records.is_empty() {
+            if decoded.flat.len() == 0 {
                 return Ok(Partitioned::Fallback(batches));
             }
-            let n = decoded.records.len();
+            let n = decoded.flat.len();
             let chosen = host.call(&slot, n as u64, |inst| {
                 let Bound::Partitioner(b) = &inst.bound else {
                     return Ok(Err("not a partitioner".to_owned()));
                 };
-                let out = b.call_partition(&mut inst.store, &topic, partitions, &decoded.records)?;
+                let out =
+                    b.call_partition(&mut inst.store, &topic, partitions, decoded.flat.as_param())?;
                 Ok(out.and_then(|v| {
                     if v.len() != n {
                         Err(format!("returned {} partitions for {n} records", v.len()))
@@ -1048,7 +1123,7 @@ impl PluginHost {
                 }))
             });
             match chosen {
-                Ok(chosen) => records::split(&decoded, &chosen)
+                Ok(chosen) => records::split(&batches, &decoded, &chosen, codec)
                     .map(Partitioned::Split)
                     .map_err(|e| {
                         BrokerError::new(
@@ -1074,32 +1149,38 @@ impl PluginHost {
     /// Blocks: call it from a blocking thread.
     pub fn retention(&self, name: &str, input: &RetentionInput) -> Option<u32> {
         let slot = self.slot(name)?;
+        let segments: Vec<Segment> = input
+            .segments
+            .iter()
+            .map(|s| Segment {
+                base_offset: s.base_offset,
+                end_offset: s.next_offset,
+                size_bytes: s.size,
+                max_timestamp: s.max_timestamp,
+            })
+            .collect();
+        let topic_config: Vec<(&str, &str)> = input
+            .topic_config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let state = PartitionState {
-            topic: input.topic.clone(),
+            topic: &input.topic,
             partition: input.partition,
-            segments: input
-                .segments
-                .iter()
-                .map(|s| Segment {
-                    base_offset: s.base_offset,
-                    end_offset: s.next_offset,
-                    size_bytes: s.size,
-                    max_timestamp: s.max_timestamp,
-                })
-                .collect(),
+            segments: &segments,
             log_start_offset: input.log_start_offset,
             high_watermark: input.high_watermark,
             disk_free_bytes: input.disk_free_bytes,
             disk_total_bytes: input.disk_total_bytes,
             now_ms: input.now_ms,
-            topic_config: input.topic_config.clone(),
+            topic_config: &topic_config,
         };
         let segments = input.segments.len() as u64;
         self.call(&slot, segments, |inst| {
             let Bound::Retention(b) = &inst.bound else {
                 return Ok(Err("not a retention plugin".to_owned()));
             };
-            b.call_segments_to_delete(&mut inst.store, &state)
+            b.call_segments_to_delete(&mut inst.store, state)
         })
         .ok()
     }
@@ -1108,6 +1189,116 @@ impl PluginHost {
     pub fn dir(&self) -> PathBuf {
         self.layout.root.clone()
     }
+}
+
+/// The header keys of a batch and of a plugin's answer to it, each
+/// checked once.
+struct Keys<'x> {
+    current: Vec<&'x str>,
+    answer: Vec<&'x str>,
+}
+
+impl<'x> Keys<'x> {
+    fn of(current: &'x Flat<'_>, answer: &'x Verdicts) -> Result<Keys<'x>, String> {
+        Ok(Keys {
+            current: current.header_keys(),
+            answer: records::answer_keys(&answer.data, &answer.headers)?,
+        })
+    }
+}
+
+/// Record `i` of `current` as `answer` leaves it: `None` when dropped or
+/// rejected, else its timestamp, key, value and headers (rewritten fields
+/// from the answer's data, the others from `current`).
+#[allow(clippy::type_complexity)]
+fn resolve<'x>(
+    current: &'x Flat<'_>,
+    answer: &'x Verdicts,
+    keys: &'x Keys<'x>,
+    i: usize,
+) -> Option<(
+    i64,
+    Option<&'x [u8]>,
+    Option<&'x [u8]>,
+    impl Iterator<Item = records::HeaderPair<'x>> + Clone + use<'x>,
+)> {
+    let data: &[u8] = &answer.data;
+    let field = |f: &Field, original| match f {
+        Field::Unchanged => original,
+        Field::Null => None,
+        Field::Bytes(s) => Some(records::slice(data, *s)),
+    };
+    let (key, value, own, added) = match answer.verdicts.get(i)? {
+        Verdict::Keep => (current.key(i), current.value(i), usize::MAX, None),
+        Verdict::Rewrite(rw) => {
+            let (own, added) = match rw.headers {
+                HeaderEdit::Unchanged => (usize::MAX, None),
+                HeaderEdit::Replace(r) => (0, Some(r)),
+                HeaderEdit::Append(r) => (usize::MAX, Some(r)),
+            };
+            (
+                field(&rw.key, current.key(i)),
+                field(&rw.value, current.value(i)),
+                own,
+                added,
+            )
+        }
+        Verdict::Drop | Verdict::Reject(_) => return None,
+    };
+    let (first, count) = added.map_or((0, 0), |r| (r.first as usize, r.count as usize));
+    let headers = current
+        .headers_keyed(i, &keys.current)
+        .take(own)
+        .chain(records::header_pairs(
+            data,
+            &answer.headers,
+            &keys.answer,
+            first,
+            count,
+        ));
+    Some((current.timestamp(i), key, value, headers))
+}
+
+/// An interceptor's answer, checked: one verdict per record, every span
+/// and range inside its list, header keys UTF-8.
+fn check_verdicts(v: Verdicts, records: usize) -> Result<Verdicts, String> {
+    if v.verdicts.len() != records {
+        return Err(format!(
+            "returned {} verdicts for {records} records",
+            v.verdicts.len()
+        ));
+    }
+    for (i, h) in v.headers.iter().enumerate() {
+        // Keys are checked to be UTF-8 once, where they are used (`Keys`).
+        let key_ok = records::in_bounds(&v.data, h.key);
+        let value_ok = h.value.is_none_or(|s| records::in_bounds(&v.data, s));
+        if !key_ok || !value_ok {
+            return Err(format!(
+                "returned header {i} with a span outside its data or a key that is not UTF-8"
+            ));
+        }
+    }
+    for (i, verdict) in v.verdicts.iter().enumerate() {
+        let Verdict::Rewrite(rw) = verdict else {
+            continue;
+        };
+        let field_ok = |f: &Field| match f {
+            Field::Bytes(s) => records::in_bounds(&v.data, *s),
+            Field::Unchanged | Field::Null => true,
+        };
+        let headers_ok = match rw.headers {
+            HeaderEdit::Unchanged => true,
+            HeaderEdit::Replace(r) | HeaderEdit::Append(r) => (r.first as usize)
+                .checked_add(r.count as usize)
+                .is_some_and(|end| end <= v.headers.len()),
+        };
+        if !field_ok(&rw.key) || !field_ok(&rw.value) || !headers_ok {
+            return Err(format!(
+                "rewrote record {i} with a span or header range outside its lists"
+            ));
+        }
+    }
+    Ok(v)
 }
 
 fn not_found(name: &str) -> BrokerError {

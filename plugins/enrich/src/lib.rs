@@ -6,7 +6,7 @@
 //! value (a record forwarded from another gateway keeps its origin).
 
 use eddy_plugin_sdk::Config;
-use eddy_plugin_sdk::interceptor::{Header, Interceptor, Record, Verdict};
+use eddy_plugin_sdk::interceptor::{Interceptor, Records, Verdicts};
 
 /// The plugin.
 pub struct Enrich {
@@ -22,20 +22,20 @@ impl Interceptor for Enrich {
         })
     }
 
-    fn intercept(&mut self, _topic: &str, records: Vec<Record>) -> Result<Vec<Verdict>, String> {
-        Ok(records
-            .into_iter()
-            .map(|mut r| {
-                if r.headers.iter().any(|h| h.key == self.header) {
-                    return Verdict::Keep;
-                }
-                r.headers.push(Header {
-                    key: self.header.clone(),
-                    value: Some(self.value.clone()),
-                });
-                Verdict::Replace(r)
-            })
-            .collect())
+    fn intercept(
+        &mut self,
+        _topic: &str,
+        records: &Records,
+        out: &mut Verdicts,
+    ) -> Result<(), String> {
+        for r in records.iter() {
+            if r.has_header(&self.header) {
+                out.keep();
+            } else {
+                out.rewrite().header(&self.header, Some(&self.value));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -44,26 +44,26 @@ eddy_plugin_sdk::export!(interceptor: Enrich);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use eddy_plugin_sdk::interceptor::{Outcome, Verdict};
 
     #[test]
     fn adds_the_header_once() {
         let mut p = Enrich::new(Config::new([("gateway-id", "gw-7")])).unwrap();
-        let mut tagged = Record::with_value("b");
-        tagged.headers.push(Header {
-            key: "gateway-id".into(),
-            value: Some(b"other".to_vec()),
-        });
-        let out = p
-            .intercept("t", vec![Record::with_value("a"), tagged])
-            .unwrap();
-        match &out[0] {
-            Verdict::Replace(r) => {
+        let mut records = Records::new();
+        records
+            .push(None, Some(b"a"), &[("h", Some(b"1"))], 0)
+            .push(None, Some(b"b"), &[("gateway-id", Some(b"other"))], 0);
+        let mut out = Verdicts::with_capacity(2);
+        p.intercept("t", &records, &mut out).unwrap();
+        match out.outcome(0, &records) {
+            Some(Outcome::Rewritten(r)) => {
                 assert_eq!(r.header("gateway-id"), Some(&b"gw-7"[..]));
+                assert_eq!(r.header("h"), Some(&b"1"[..]));
                 assert_eq!(r.value.as_deref(), Some(&b"a"[..]));
             }
             other => panic!("expected a rewrite, got {other:?}"),
         }
-        assert!(matches!(out[1], Verdict::Keep));
+        assert_eq!(out.get(1), Some(Verdict::Keep));
     }
 
     #[test]

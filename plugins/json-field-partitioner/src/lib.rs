@@ -5,9 +5,19 @@
 //!
 //! Records without the field (or not JSON) fall back to the record key's
 //! murmur2, and records without a key go round-robin.
+//!
+//! A value is read only up to the field, and nothing is built from it: a
+//! partitioner routes, it does not validate (reject malformed values with
+//! `schema-guard`). So the first occurrence of a repeated field decides, and
+//! a value that breaks off after the field is still routed by it.
+
+use std::borrow::Cow;
+use std::cell::Cell;
 
 use eddy_plugin_sdk::Config;
-use eddy_plugin_sdk::partitioner::{Partitioner, Record};
+use eddy_plugin_sdk::partitioner::{Partitioner, Records};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// The plugin.
 pub struct JsonFieldPartitioner {
@@ -53,15 +63,88 @@ pub fn partition_for(bytes: &[u8], count: u32) -> u32 {
     ((murmur2(bytes) & 0x7fff_ffff) as u32) % count
 }
 
+/// Finds the top-level field `name` of the JSON document `doc`, reading
+/// `doc` only up to that field and building nothing: the field's raw JSON
+/// text (its first occurrence), or `None` if `doc` is not an object, lacks
+/// the field, or is not JSON before it.
+pub fn find_field<'a>(doc: &'a [u8], name: &str) -> Option<&'a RawValue> {
+    let found = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(doc);
+    // The visitor stops at the field; serde_json then reports the rest of
+    // the object as unread, which is no concern of a partitioner.
+    let _ = (&mut de).deserialize_map(FindField {
+        name,
+        found: &found,
+    });
+    found.get()
+}
+
+struct FindField<'n, 'a> {
+    name: &'n str,
+    found: &'n Cell<Option<&'a RawValue>>,
+}
+
+impl<'de> Visitor<'de> for FindField<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(is_field) = map.next_key_seed(KeyIs(self.name))? {
+            if is_field {
+                self.found.set(Some(map.next_value::<&'de RawValue>()?));
+                return Ok(());
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a map key equals a name, compared where it lies.
+struct KeyIs<'n>(&'n str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
+    }
+}
+
 impl JsonFieldPartitioner {
     /// The field's value as bytes to hash: a string's contents, or the JSON
     /// text of any other value (so `7` and `"7"` differ, as they should).
-    fn field_bytes(&self, value: &[u8]) -> Option<Vec<u8>> {
-        let doc: serde_json::Value = serde_json::from_slice(value).ok()?;
-        match doc.get(&self.field)? {
-            serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
+    /// Borrowed from the record unless the string has escapes or the value
+    /// is not a string.
+    fn field_bytes<'a>(&self, value: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        let raw = find_field(value, &self.field)?.get();
+        if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            if !inner.contains('\\') {
+                return Some(Cow::Borrowed(inner.as_bytes()));
+            }
+            return serde_json::from_str::<String>(raw)
+                .ok()
+                .map(|s| Cow::Owned(s.into_bytes()));
+        }
+        match serde_json::from_str::<serde_json::Value>(raw).ok()? {
             serde_json::Value::Null => None,
-            other => Some(other.to_string().into_bytes()),
+            // Numbers, booleans, arrays and objects in their canonical form.
+            other => Some(Cow::Owned(other.to_string().into_bytes())),
         }
     }
 }
@@ -78,7 +161,7 @@ impl Partitioner for JsonFieldPartitioner {
         &mut self,
         _topic: &str,
         partition_count: u32,
-        records: &[Record],
+        records: &Records,
     ) -> Result<Vec<u32>, String> {
         if partition_count == 0 {
             return Err("the topic has no partitions".to_owned());
@@ -86,10 +169,10 @@ impl Partitioner for JsonFieldPartitioner {
         Ok(records
             .iter()
             .map(|r| {
-                if let Some(bytes) = r.value.as_deref().and_then(|v| self.field_bytes(v)) {
+                if let Some(bytes) = r.value().and_then(|v| self.field_bytes(v)) {
                     return partition_for(&bytes, partition_count);
                 }
-                if let Some(key) = r.key.as_deref() {
+                if let Some(key) = r.key() {
                     return partition_for(key, partition_count);
                 }
                 self.next = self.next.wrapping_add(1);
@@ -122,29 +205,67 @@ mod tests {
     #[test]
     fn same_field_same_partition_and_fallbacks() {
         let mut p = JsonFieldPartitioner::new(Config::new([("field", "device_id")])).unwrap();
-        let rec = |v: &str| Record::new(None, v);
-        let out = p
-            .partition(
-                "t",
-                8,
-                &[
-                    rec(r#"{"device_id":"pump-1","t":1}"#),
-                    rec(r#"{"t":2,"device_id":"pump-1"}"#),
-                    Record::new(Some(b"pump-1"), "not json"),
-                ],
+        let mut records = Records::new();
+        records
+            .push(None, Some(br#"{"device_id":"pump-1","t":1}"#), &[], 0)
+            .push(None, Some(br#"{"t":2,"device_id":"pump-1"}"#), &[], 0)
+            .push(Some(b"pump-1"), Some(b"not json"), &[], 0)
+            // Broken before the field: the key decides.
+            .push(
+                Some(b"pump-1"),
+                Some(br#"{"t":oops, "device_id":"x"}"#),
+                &[],
+                0,
             )
-            .unwrap();
+            // Escapes are decoded before hashing.
+            .push(None, Some(br#"{"device_id":"pump\u002d1"}"#), &[], 0);
+        let out = p.partition("t", 8, &records).unwrap();
         assert_eq!(out[0], partition_for(b"pump-1", 8));
         assert_eq!(out[0], out[1]);
         // The key fallback hashes the same bytes the same way.
         assert_eq!(out[2], out[0]);
+        assert_eq!(out[3], out[0]);
+        assert_eq!(out[4], out[0]);
         let spread: std::collections::BTreeSet<u32> = (0..64)
             .map(|i| {
-                p.partition("t", 8, &[rec(&format!(r#"{{"device_id":"d{i}"}}"#))])
-                    .unwrap()[0]
+                let one = Records::with_values([format!(r#"{{"device_id":"d{i}"}}"#)]);
+                p.partition("t", 8, &one).unwrap()[0]
             })
             .collect();
         assert!(spread.len() > 4, "{spread:?}");
         assert!(spread.iter().all(|p| *p < 8));
+    }
+
+    #[test]
+    fn fields_are_found_at_the_top_level_without_reading_on() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (r#"{"a":1,"f":"x"}"#, Some(r#""x""#)),
+            (
+                r#" { "f" : [1, {"f":2}] , "b":null} "#,
+                Some("[1, {\"f\":2}]"),
+            ),
+            (r#"{"f":1,"f":2}"#, Some("1")),
+            (r#"{"f\u0031":0,"f":3}"#, Some("3")),
+            (r#"{"f":1, this is not read"#, Some("1")),
+            (r#"{"g":{"f":1}}"#, None),
+            (r#"{"g":[,"f":1}"#, None),
+            (r#"[{"f":1}]"#, None),
+            (r#""f""#, None),
+            ("7", None),
+            ("null", None),
+            ("", None),
+            (r#"{"f":01}"#, None),
+        ];
+        for (doc, want) in cases {
+            let got = find_field(doc.as_bytes(), "f").map(RawValue::get);
+            assert_eq!(got, *want, "{doc}");
+        }
+        // Non-string values hash as their canonical JSON text.
+        let p = JsonFieldPartitioner::new(Config::new([("field", "n")])).unwrap();
+        assert_eq!(
+            p.field_bytes(br#"{"n": 21.50}"#).as_deref(),
+            Some(&b"21.5"[..])
+        );
+        assert_eq!(p.field_bytes(br#"{"n": null}"#), None);
     }
 }

@@ -12,7 +12,7 @@
 //! `after` (default 0): behave (`ok`) for this many calls first.
 
 use eddy_plugin_sdk::Config;
-use eddy_plugin_sdk::interceptor::{Header, Interceptor, Record, Verdict};
+use eddy_plugin_sdk::interceptor::{Interceptor, Records, Verdicts};
 
 /// The plugin.
 pub struct Misbehave {
@@ -38,7 +38,12 @@ impl Interceptor for Misbehave {
         })
     }
 
-    fn intercept(&mut self, _topic: &str, records: Vec<Record>) -> Result<Vec<Verdict>, String> {
+    fn intercept(
+        &mut self,
+        _topic: &str,
+        records: &Records,
+        out: &mut Verdicts,
+    ) -> Result<(), String> {
         self.calls += 1;
         let mode = if self.calls <= self.after {
             "ok"
@@ -61,25 +66,25 @@ impl Interceptor for Misbehave {
                 }
             }
             "read-file" => match std::fs::read_to_string(&self.path) {
-                Ok(contents) => Ok(records
-                    .iter()
-                    .map(|_| Verdict::Reject(format!("read {}: {contents}", self.path)))
-                    .collect()),
+                Ok(contents) => {
+                    for _ in records.iter() {
+                        out.reject(format!("read {}: {contents}", self.path));
+                    }
+                    Ok(())
+                }
                 Err(e) => Err(format!("cannot read {}: {e}", self.path)),
             },
-            _ => Ok(records
-                .into_iter()
-                .map(|mut r| match &self.tag {
-                    Some(tag) => {
-                        r.headers.push(Header {
-                            key: "misbehave-tag".into(),
-                            value: Some(tag.clone().into_bytes()),
-                        });
-                        Verdict::Replace(r)
+            _ => {
+                for _ in records.iter() {
+                    match &self.tag {
+                        Some(tag) => {
+                            out.rewrite().header("misbehave-tag", Some(tag.as_bytes()));
+                        }
+                        None => out.keep(),
                     }
-                    None => Verdict::Keep,
-                })
-                .collect()),
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -89,14 +94,18 @@ eddy_plugin_sdk::export!(interceptor: Misbehave);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use eddy_plugin_sdk::interceptor::Outcome;
 
     #[test]
     fn ok_mode_keeps_or_tags() {
         let mut p = Misbehave::new(Config::new([("tag", "v2")])).unwrap();
-        let out = p.intercept("t", vec![Record::with_value("a")]).unwrap();
-        assert!(
-            matches!(&out[0], Verdict::Replace(r) if r.header("misbehave-tag") == Some(&b"v2"[..]))
-        );
+        let records = Records::with_values(["a"]);
+        let mut out = Verdicts::with_capacity(1);
+        p.intercept("t", &records, &mut out).unwrap();
+        assert!(matches!(
+            out.outcome(0, &records),
+            Some(Outcome::Rewritten(r)) if r.header("misbehave-tag") == Some(&b"v2"[..])
+        ));
         assert!(Misbehave::new(Config::new([("mode", "nope")])).is_err());
     }
 }

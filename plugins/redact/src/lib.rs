@@ -6,7 +6,7 @@
 //! replacement string, default `***`).
 
 use eddy_plugin_sdk::Config;
-use eddy_plugin_sdk::interceptor::{Interceptor, Record, Verdict};
+use eddy_plugin_sdk::interceptor::{Interceptor, Records, Verdicts};
 use serde_json::Value;
 
 /// The plugin.
@@ -48,28 +48,33 @@ impl Interceptor for Redact {
         })
     }
 
-    fn intercept(&mut self, _topic: &str, records: Vec<Record>) -> Result<Vec<Verdict>, String> {
-        Ok(records
-            .into_iter()
-            .map(|mut r| {
-                let Some(value) = r.value.as_deref() else {
-                    return Verdict::Keep;
-                };
-                let Ok(mut doc) = serde_json::from_slice::<Value>(value) else {
-                    return Verdict::Keep;
-                };
-                if !self.mask_value(&mut doc) {
-                    return Verdict::Keep;
+    fn intercept(
+        &mut self,
+        _topic: &str,
+        records: &Records,
+        out: &mut Verdicts,
+    ) -> Result<(), String> {
+        for r in records.iter() {
+            let Some(value) = r.value() else {
+                out.keep();
+                continue;
+            };
+            let Ok(mut doc) = serde_json::from_slice::<Value>(value) else {
+                out.keep();
+                continue;
+            };
+            if !self.mask_value(&mut doc) {
+                out.keep();
+                continue;
+            }
+            match serde_json::to_vec(&doc) {
+                Ok(bytes) => {
+                    out.rewrite().value(Some(&bytes));
                 }
-                match serde_json::to_vec(&doc) {
-                    Ok(bytes) => {
-                        r.value = Some(bytes);
-                        Verdict::Replace(r)
-                    }
-                    Err(e) => Verdict::Reject(format!("cannot re-encode the redacted value: {e}")),
-                }
-            })
-            .collect())
+                Err(e) => out.reject(format!("cannot re-encode the redacted value: {e}")),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -78,28 +83,26 @@ eddy_plugin_sdk::export!(interceptor: Redact);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use eddy_plugin_sdk::interceptor::{Outcome, Verdict};
 
     #[test]
     fn masks_fields_at_any_depth_and_leaves_the_rest() {
         let mut p = Redact::new(Config::new([("fields", "password,ssn")])).unwrap();
-        let out = p
-            .intercept(
-                "t",
-                vec![
-                    Record::with_value(r#"{"user":"a","password":"x","inner":[{"ssn":"1"}]}"#),
-                    Record::with_value(r#"{"user":"b"}"#),
-                    Record::with_value("plain text"),
-                ],
-            )
-            .unwrap();
-        let Verdict::Replace(r) = &out[0] else {
-            panic!("expected a rewrite, got {:?}", out[0]);
+        let records = Records::with_values([
+            r#"{"user":"a","password":"x","inner":[{"ssn":"1"}]}"#,
+            r#"{"user":"b"}"#,
+            "plain text",
+        ]);
+        let mut out = Verdicts::with_capacity(records.len());
+        p.intercept("t", &records, &mut out).unwrap();
+        let Some(Outcome::Rewritten(r)) = out.outcome(0, &records) else {
+            panic!("expected a rewrite, got {:?}", out.get(0));
         };
         let v: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
         assert_eq!(v["password"], "***");
         assert_eq!(v["inner"][0]["ssn"], "***");
         assert_eq!(v["user"], "a");
-        assert!(matches!(out[1], Verdict::Keep));
-        assert!(matches!(out[2], Verdict::Keep));
+        assert_eq!(out.get(1), Some(Verdict::Keep));
+        assert_eq!(out.get(2), Some(Verdict::Keep));
     }
 }

@@ -6,7 +6,7 @@
 //! (`true` to let tombstones through; default `false`).
 
 use eddy_plugin_sdk::Config;
-use eddy_plugin_sdk::interceptor::{Interceptor, Record, Verdict};
+use eddy_plugin_sdk::interceptor::{Interceptor, Records, Verdicts};
 
 /// The plugin.
 pub struct SchemaGuard {
@@ -51,14 +51,19 @@ impl Interceptor for SchemaGuard {
         })
     }
 
-    fn intercept(&mut self, _topic: &str, records: Vec<Record>) -> Result<Vec<Verdict>, String> {
-        Ok(records
-            .iter()
-            .map(|r| match self.check(r.value.as_deref()) {
-                Ok(()) => Verdict::Keep,
-                Err(reason) => Verdict::Reject(reason),
-            })
-            .collect())
+    fn intercept(
+        &mut self,
+        _topic: &str,
+        records: &Records,
+        out: &mut Verdicts,
+    ) -> Result<(), String> {
+        for r in records.iter() {
+            match self.check(r.value()) {
+                Ok(()) => out.keep(),
+                Err(reason) => out.reject(reason),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -67,41 +72,44 @@ eddy_plugin_sdk::export!(interceptor: SchemaGuard);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use eddy_plugin_sdk::interceptor::Verdict;
 
     fn guard() -> SchemaGuard {
         SchemaGuard::new(Config::new([("required", "device_id, temp")])).unwrap()
     }
 
+    fn verdicts(guard: &mut SchemaGuard, records: &Records) -> Verdicts {
+        let mut out = Verdicts::with_capacity(records.len());
+        guard.intercept("t", records, &mut out).unwrap();
+        assert_eq!(out.len(), records.len());
+        out
+    }
+
     #[test]
     fn keeps_valid_and_rejects_the_rest_with_a_reason() {
-        let out = guard()
-            .intercept(
-                "t",
-                vec![
-                    Record::with_value(r#"{"device_id":"a","temp":3}"#),
-                    Record::with_value(r#"{"device_id":"a"}"#),
-                    Record::with_value("not json"),
-                    Record::with_value("[1,2]"),
-                ],
-            )
-            .unwrap();
-        assert!(matches!(out[0], Verdict::Keep));
-        assert!(matches!(&out[1], Verdict::Reject(r) if r.contains("temp")));
-        assert!(matches!(&out[2], Verdict::Reject(r) if r.contains("not JSON")));
-        assert!(matches!(&out[3], Verdict::Reject(r) if r.contains("object")));
+        let records = Records::with_values([
+            r#"{"device_id":"a","temp":3}"#,
+            r#"{"device_id":"a"}"#,
+            "not json",
+            "[1,2]",
+        ]);
+        let out = verdicts(&mut guard(), &records);
+        assert_eq!(out.get(0), Some(Verdict::Keep));
+        assert!(matches!(out.get(1), Some(Verdict::Reject(r)) if r.contains("temp")));
+        assert!(matches!(out.get(2), Some(Verdict::Reject(r)) if r.contains("not JSON")));
+        assert!(matches!(out.get(3), Some(Verdict::Reject(r)) if r.contains("object")));
     }
 
     #[test]
     fn null_values_follow_allow_null() {
-        let mut r = Record::with_value("");
-        r.value = None;
-        let out = guard().intercept("t", vec![r.clone()]).unwrap();
-        assert!(matches!(out[0], Verdict::Reject(_)));
+        let mut records = Records::new();
+        records.push(None, None, &[], 0);
+        assert!(matches!(
+            verdicts(&mut guard(), &records).get(0),
+            Some(Verdict::Reject(_))
+        ));
         let mut lenient =
             SchemaGuard::new(Config::new([("required", "a"), ("allow-null", "true")])).unwrap();
-        assert!(matches!(
-            lenient.intercept("t", vec![r]).unwrap()[0],
-            Verdict::Keep
-        ));
+        assert_eq!(verdicts(&mut lenient, &records).get(0), Some(Verdict::Keep));
     }
 }

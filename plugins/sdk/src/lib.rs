@@ -1,13 +1,13 @@
 //! Guest-side SDK for Eddy plugins.
 //!
 //! A plugin is a WebAssembly component built for `wasm32-wasip2` against the
-//! WIT package in the repository's `wit/` folder (`eddy:plugin@0.1.0`). With
+//! WIT package in the repository's `wit/` folder (`eddy:plugin@0.2.0`). With
 //! this crate a plugin is a few lines: enable the feature of its world
 //! (`interceptor`, `partitioner` or `retention`), implement the trait of the
 //! same name and call [`export!`]:
 //!
 //! ```ignore
-//! use eddy_plugin_sdk::{Config, interceptor::{Interceptor, Record, Verdict, Header}};
+//! use eddy_plugin_sdk::{Config, interceptor::{Interceptor, Records, Verdicts}};
 //!
 //! struct Enrich { id: String }
 //!
@@ -15,16 +15,21 @@
 //!     fn new(config: Config) -> Result<Self, String> {
 //!         Ok(Enrich { id: config.require("gateway-id")?.to_owned() })
 //!     }
-//!     fn intercept(&mut self, _topic: &str, records: Vec<Record>) -> Result<Vec<Verdict>, String> {
-//!         Ok(records.into_iter().map(|mut r| {
-//!             r.headers.push(Header { key: "gateway-id".into(), value: Some(self.id.clone().into_bytes()) });
-//!             Verdict::Replace(r)
-//!         }).collect())
+//!     fn intercept(&mut self, _topic: &str, records: &Records, out: &mut Verdicts) -> Result<(), String> {
+//!         for _ in records.iter() {
+//!             out.rewrite().header("gateway-id", Some(self.id.as_bytes()));
+//!         }
+//!         Ok(())
 //!     }
 //! }
 //!
 //! eddy_plugin_sdk::export!(interceptor: Enrich);
 //! ```
+//!
+//! Records come as one byte buffer with tables of spans ([`Records`]), and
+//! verdicts go back the same way ([`interceptor::Verdicts`]): a record's key,
+//! value and headers are borrowed slices, and a call allocates per batch,
+//! not per record.
 //!
 //! The plugin value is created once per instance, on the first call, from the
 //! `--config k=v` values it was added with, and kept between calls (the node
@@ -33,7 +38,7 @@
 //! ([`log`], [`now_ms`]) then fall back to stderr and the system clock.
 
 /// The WIT package, with version, that plugins built with this SDK target.
-pub const WIT_PACKAGE: &str = "eddy:plugin@0.1.0";
+pub const WIT_PACKAGE: &str = "eddy:plugin@0.2.0";
 
 #[cfg(feature = "interceptor")]
 pub mod interceptor;
@@ -41,6 +46,11 @@ pub mod interceptor;
 pub mod partitioner;
 #[cfg(feature = "retention")]
 pub mod retention;
+
+#[cfg(any(feature = "interceptor", feature = "partitioner"))]
+mod records;
+#[cfg(any(feature = "interceptor", feature = "partitioner"))]
+pub use records::{Header, Record, Records};
 
 mod host;
 pub use host::{Level, log, now_ms};
@@ -147,8 +157,8 @@ macro_rules! export {
         impl $crate::interceptor::bindings::Guest for __EddyExport {
             fn intercept(
                 topic: ::std::string::String,
-                records: ::std::vec::Vec<$crate::interceptor::Record>,
-            ) -> ::std::result::Result<::std::vec::Vec<$crate::interceptor::Verdict>, ::std::string::String> {
+                records: $crate::interceptor::bindings::eddy::plugin::types::Batch,
+            ) -> ::std::result::Result<$crate::interceptor::bindings::eddy::plugin::verdict_types::Verdicts, ::std::string::String> {
                 __EDDY_PLUGIN.with(|slot| {
                     let mut slot = slot.borrow_mut();
                     let plugin = slot.get_or_insert_with(|| {
@@ -157,7 +167,10 @@ macro_rules! export {
                     });
                     match plugin {
                         ::std::result::Result::Ok(p) => {
-                            <$plugin as $crate::interceptor::Interceptor>::intercept(p, &topic, records)
+                            let records = $crate::interceptor::records_from_wit(records);
+                            let mut verdicts = $crate::interceptor::Verdicts::with_capacity(records.len());
+                            <$plugin as $crate::interceptor::Interceptor>::intercept(p, &topic, &records, &mut verdicts)?;
+                            ::std::result::Result::Ok(verdicts.into_wit())
                         }
                         ::std::result::Result::Err(e) => ::std::result::Result::Err(e.clone()),
                     }
@@ -176,7 +189,7 @@ macro_rules! export {
             fn partition(
                 topic: ::std::string::String,
                 partition_count: u32,
-                records: ::std::vec::Vec<$crate::partitioner::Record>,
+                records: $crate::partitioner::bindings::eddy::plugin::types::Batch,
             ) -> ::std::result::Result<::std::vec::Vec<u32>, ::std::string::String> {
                 __EDDY_PLUGIN.with(|slot| {
                     let mut slot = slot.borrow_mut();
@@ -186,6 +199,7 @@ macro_rules! export {
                     });
                     match plugin {
                         ::std::result::Result::Ok(p) => {
+                            let records = $crate::partitioner::records_from_wit(records);
                             <$plugin as $crate::partitioner::Partitioner>::partition(p, &topic, partition_count, &records)
                         }
                         ::std::result::Result::Err(e) => ::std::result::Result::Err(e.clone()),

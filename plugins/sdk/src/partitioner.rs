@@ -12,7 +12,9 @@ pub mod bindings {
     });
 }
 
-pub use bindings::eddy::plugin::types::{Header, Record};
+use bindings::eddy::plugin::types as wit;
+
+pub use crate::records::{Header, Record, Records};
 
 /// A partitioner: a partition per record, once per produce request.
 pub trait Partitioner: Sized + 'static {
@@ -24,18 +26,17 @@ pub trait Partitioner: Sized + 'static {
         &mut self,
         topic: &str,
         partition_count: u32,
-        records: &[Record],
+        records: &Records,
     ) -> Result<Vec<u32>, String>;
 }
 
-impl Record {
-    /// A record with a key and a value (for tests).
-    pub fn new(key: Option<&[u8]>, value: impl Into<Vec<u8>>) -> Record {
-        Record {
-            key: key.map(<[u8]>::to_vec),
-            value: Some(value.into()),
-            headers: Vec::new(),
-            timestamp: 0,
-        }
+#[doc(hidden)]
+pub fn records_from_wit(batch: wit::Batch) -> Records {
+    Records {
+        data: batch.data,
+        timestamps: batch.timestamps,
+        fields: batch.fields,
+        header_starts: batch.header_starts,
+        headers: batch.headers,
     }
 }

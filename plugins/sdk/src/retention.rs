@@ -12,7 +12,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::eddy::plugin::types::{PartitionState, Segment};
+pub use bindings::eddy::plugin::retention_types::{PartitionState, Segment};
 
 /// A retention policy, asked once per partition at every retention check.
 pub trait Retention: Sized + 'static {
