@@ -226,11 +226,26 @@ impl Client {
                 continue;
             };
             self.learn(&c, &metadata);
-            let routes = lock(self.routes());
-            return match routes.leaders.get(&(topic.to_owned(), partition)) {
-                Some(&NO_LEADER) | None => true,
-                Some(id) => routes.nodes.get(id).is_none_or(|a| a != silent),
+            // Judged from this answer alone: a node that does not know the
+            // partition yet has no opinion.
+            let Some(leader) = metadata
+                .topics
+                .iter()
+                .filter(|t| t.name == topic)
+                .flat_map(|t| t.partitions.iter())
+                .find_map(|&(p, leader)| (p == partition).then_some(leader))
+            else {
+                continue;
             };
+            if leader == NO_LEADER {
+                return true;
+            }
+            let address = metadata
+                .nodes
+                .iter()
+                .find(|n| n.id == leader)
+                .map(|n| n.address.as_str());
+            return address.is_some_and(|a| a != silent);
         }
         false
     }
