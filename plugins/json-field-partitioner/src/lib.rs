@@ -22,6 +22,8 @@ use serde_json::value::RawValue;
 /// The plugin.
 pub struct JsonFieldPartitioner {
     field: String,
+    /// `{"<field>":"`, when the field name needs no escaping in JSON.
+    leading: Option<Vec<u8>>,
     next: u32,
 }
 
@@ -127,11 +129,29 @@ impl<'de> Visitor<'de> for KeyIs<'_> {
 }
 
 impl JsonFieldPartitioner {
+    /// The usual layout, the field first with a string that has nothing to
+    /// unescape (`{"device_id":"pump-1",...`): the string's bytes, found
+    /// without the parser, exactly as the parser would give them. `None`
+    /// when the value starts otherwise, or the string holds anything JSON
+    /// escapes or forbids: the parser decides then.
+    fn leading_plain_string<'a>(&self, value: &'a [u8]) -> Option<&'a [u8]> {
+        let rest = value.strip_prefix(self.leading.as_deref()?)?;
+        let s = &rest[..rest.iter().position(|b| *b == b'"')?];
+        if s.iter().any(|b| *b < 0x20 || *b == b'\\') {
+            return None;
+        }
+        std::str::from_utf8(s).ok()?;
+        Some(s)
+    }
+
     /// The field's value as bytes to hash: a string's contents, or the JSON
     /// text of any other value (so `7` and `"7"` differ, as they should).
     /// Borrowed from the record unless the string has escapes or the value
     /// is not a string.
     fn field_bytes<'a>(&self, value: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        if let Some(bytes) = self.leading_plain_string(value) {
+            return Some(Cow::Borrowed(bytes));
+        }
         let raw = find_field(value, &self.field)?.get();
         if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
             if !inner.contains('\\') {
@@ -151,8 +171,11 @@ impl JsonFieldPartitioner {
 
 impl Partitioner for JsonFieldPartitioner {
     fn new(config: Config) -> Result<Self, String> {
+        let field = config.require("field")?.to_owned();
+        let plain = !field.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
         Ok(JsonFieldPartitioner {
-            field: config.require("field")?.to_owned(),
+            leading: plain.then(|| format!(r#"{{"{field}":""#).into_bytes()),
+            field,
             next: 0,
         })
     }
@@ -218,7 +241,11 @@ mod tests {
                 0,
             )
             // Escapes are decoded before hashing.
-            .push(None, Some(br#"{"device_id":"pump\u002d1"}"#), &[], 0);
+            .push(None, Some(br#"{"device_id":"pump\u002d1"}"#), &[], 0)
+            // A raw tab is not JSON: the key decides.
+            .push(Some(b"pump-1"), Some(b"{\"device_id\":\"a\tb\"}"), &[], 0)
+            // Not a string: its JSON text is hashed.
+            .push(None, Some(br#"{"device_id":7}"#), &[], 0);
         let out = p.partition("t", 8, &records).unwrap();
         assert_eq!(out[0], partition_for(b"pump-1", 8));
         assert_eq!(out[0], out[1]);
@@ -226,6 +253,8 @@ mod tests {
         assert_eq!(out[2], out[0]);
         assert_eq!(out[3], out[0]);
         assert_eq!(out[4], out[0]);
+        assert_eq!(out[5], out[0]);
+        assert_eq!(out[6], partition_for(b"7", 8));
         let spread: std::collections::BTreeSet<u32> = (0..64)
             .map(|i| {
                 let one = Records::with_values([format!(r#"{{"device_id":"d{i}"}}"#)]);
