@@ -318,6 +318,12 @@ impl BatchBuilder {
         Ok(())
     }
 
+    /// Makes room for at least `additional` more bytes of records, so a
+    /// caller that knows the batch's size spares the buffer's regrowth.
+    pub fn reserve(&mut self, additional: usize) {
+        self.buf.reserve(additional);
+    }
+
     /// Records pushed so far.
     pub fn len(&self) -> usize {
         self.tally.count as usize

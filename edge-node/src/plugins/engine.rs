@@ -923,9 +923,6 @@ impl PluginHost {
         let mut rejected: Vec<Rejection> = Vec::new();
         let mut dead: Option<BatchBuilder> = None;
         for slot in slots {
-            if current.len() == 0 {
-                break;
-            }
             if let Some(answer) = pending.take() {
                 // Another plugin follows: apply the previous one's verdicts.
                 let mut next =
@@ -940,6 +937,10 @@ impl PluginHost {
                 }
                 current = next;
                 origin = next_origin;
+            }
+            if current.len() == 0 {
+                // Nothing left for the rest of the chain.
+                break;
             }
             let n = current.len();
             let answer = self.call(slot, n as u64, |inst| {

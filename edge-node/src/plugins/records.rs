@@ -369,6 +369,8 @@ pub fn encode(
             opts.compression = codec;
         }
         let mut builder = BatchBuilder::new(opts);
+        // About the batch's size as it came (more when records grew).
+        builder.reserve(b.end - b.start);
         for pos in position[range].iter().flatten() {
             push(&mut builder, *pos as usize)?;
         }
@@ -422,12 +424,19 @@ pub fn split(
     }
     let flat = &decoded.flat;
     let keys = flat.header_keys();
+    // Room for each partition's share of the records' bytes, so no
+    // builder regrows: records encode to about their share of the
+    // sections, plus a few bytes of lengths each.
+    let per_record = flat.data.len() / partitions.len().max(1) + 16;
     let mut builders: Vec<(u32, BatchBuilder)> = Vec::new();
     for (i, &p) in partitions.iter().enumerate() {
         let slot = match builders.iter().position(|(q, _)| *q == p) {
             Some(slot) => slot,
             None => {
-                builders.push((p, BatchBuilder::new(opts)));
+                let count = partitions[i..].iter().filter(|q| **q == p).count();
+                let mut builder = BatchBuilder::new(opts);
+                builder.reserve(count.saturating_mul(per_record));
+                builders.push((p, builder));
                 builders.len() - 1
             }
         };
