@@ -1124,6 +1124,12 @@ impl PluginHost {
                 }))
             });
             match chosen {
+                // Everything to one partition: the request's own buffer
+                // goes there, not a copy of it.
+                Ok(chosen) if let Some(p) = records::single_partition(&chosen) => {
+                    drop(decoded);
+                    Ok(Partitioned::Split(vec![(p, batches)]))
+                }
                 Ok(chosen) => records::split(&batches, &decoded, &chosen, codec)
                     .map(Partitioned::Split)
                     .map_err(|e| {

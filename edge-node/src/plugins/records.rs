@@ -402,6 +402,12 @@ pub fn push<'h>(
         .map_err(|e| format!("cannot encode a record: {e}"))
 }
 
+/// The partition every record goes to, when they all go to one.
+pub fn single_partition(partitions: &[u32]) -> Option<u32> {
+    let &first = partitions.first()?;
+    partitions.iter().all(|p| *p == first).then_some(first)
+}
+
 /// Splits the records across partitions: one batch per partition, in the
 /// order of each partition's first record, keeping every record's order
 /// within its partition, the first batch's timestamp type and producer
@@ -413,9 +419,7 @@ pub fn split(
     partitions: &[u32],
     codec: Option<Compression>,
 ) -> Result<Vec<(u32, Vec<u8>)>, String> {
-    if let Some(&first) = partitions.first()
-        && partitions.iter().all(|p| *p == first)
-    {
+    if let Some(first) = single_partition(partitions) {
         return Ok(vec![(first, bytes.to_vec())]);
     }
     let mut opts = decoded.batches.first().map(|b| b.opts).unwrap_or_default();
