@@ -13,8 +13,11 @@ use super::header::{
     Attributes, BatchHeader, CRC_START, HEADER_LEN, LOG_OVERHEAD, NO_PARTITION_LEADER_EPOCH,
     NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, TimestampType, compute_crc,
 };
-use super::record::{RecordFields, RecordHeader, RecordRef, SliceSink, owned_headers, ref_headers};
-use super::{BatchError, Compression};
+use super::record::{
+    RecordFields, RecordHeader, RecordRef, SliceSink, nullable_len, owned_headers, put_nullable,
+    ref_headers,
+};
+use super::{BatchError, Compression, varint};
 
 /// Largest batch the format can describe: `batchLength` is an int32.
 pub const BATCH_BYTES_MAX: u64 = LOG_OVERHEAD as u64 + i32::MAX as u64;
@@ -281,6 +284,120 @@ impl BatchBuilder {
         )
     }
 
+    /// Appends a record at the offset after the previous one, its key, value
+    /// and headers given already encoded: the bytes
+    /// [`RecordRef::encoded_fields`] gives. They are copied as they are (only
+    /// the length, attributes and deltas are written anew), so splitting or
+    /// regrouping decoded records costs a copy, not an encoding. The bytes
+    /// are not checked again: pass only what a decoded record gave.
+    pub fn push_encoded_fields(
+        &mut self,
+        timestamp: i64,
+        attributes: i8,
+        fields: &[u8],
+    ) -> Result<(), BatchError> {
+        let offset_delta = self.tally.next_offset_delta()?;
+        let (offset_delta_i32, timestamp_delta) =
+            self.tally.check(&self.opts, offset_delta, timestamp)?;
+        let body =
+            (1 + varint::varlong_len(timestamp_delta) + varint::varint_len(offset_delta_i32))
+                .saturating_add(fields.len());
+        let body = i32::try_from(body).map_err(|_| BatchError::TooLarge {
+            what: "record",
+            actual: body as u64,
+            limit: i32::MAX as u64,
+        })?;
+        let total = body as usize + varint::varint_len(body);
+        let new_len = self.buf.len() as u64 + total as u64;
+        if new_len > BATCH_BYTES_MAX {
+            return Err(BatchError::TooLarge {
+                what: "batch",
+                actual: new_len,
+                limit: BATCH_BYTES_MAX,
+            });
+        }
+        self.buf.reserve(total);
+        varint::put_varint(&mut self.buf, body);
+        self.buf.push(attributes as u8);
+        varint::put_varlong(&mut self.buf, timestamp_delta);
+        varint::put_varint(&mut self.buf, offset_delta_i32);
+        self.buf.extend_from_slice(fields);
+        self.tally.commit(offset_delta, timestamp);
+        Ok(())
+    }
+
+    /// Appends a record at the offset after the previous one from the
+    /// encoded parts of a decoded one: its key and value as encoded
+    /// (`key_value`: [`RecordRef::encoded_fields`] up to the header count),
+    /// its `own_count` headers as encoded ([`RecordRef::encoded_headers`]),
+    /// then `extra` headers encoded here. Keeping a record's key and value
+    /// and adding headers to it so costs a copy, not an encoding. The
+    /// encoded parts are not checked again: pass only what a decoded record
+    /// gave.
+    pub fn push_encoded_parts<'h, H>(
+        &mut self,
+        timestamp: i64,
+        attributes: i8,
+        key_value: &[u8],
+        own_count: u32,
+        own_headers: &[u8],
+        extra: H,
+    ) -> Result<(), BatchError>
+    where
+        H: Iterator<Item = (&'h str, Option<&'h [u8]>)> + Clone,
+    {
+        let offset_delta = self.tally.next_offset_delta()?;
+        let (offset_delta_i32, timestamp_delta) =
+            self.tally.check(&self.opts, offset_delta, timestamp)?;
+        let mut count = own_count as usize;
+        let mut extra_len = 0usize;
+        for (k, v) in extra.clone() {
+            count += 1;
+            extra_len = extra_len
+                .saturating_add(nullable_len(Some(k.as_bytes()), "header key")?)
+                .saturating_add(nullable_len(v, "header value")?);
+        }
+        let count = i32::try_from(count).map_err(|_| BatchError::TooLarge {
+            what: "header count",
+            actual: count as u64,
+            limit: i32::MAX as u64,
+        })?;
+        let body =
+            (1 + varint::varlong_len(timestamp_delta) + varint::varint_len(offset_delta_i32))
+                .saturating_add(key_value.len())
+                .saturating_add(varint::varint_len(count))
+                .saturating_add(own_headers.len())
+                .saturating_add(extra_len);
+        let body = i32::try_from(body).map_err(|_| BatchError::TooLarge {
+            what: "record",
+            actual: body as u64,
+            limit: i32::MAX as u64,
+        })?;
+        let total = body as usize + varint::varint_len(body);
+        let new_len = self.buf.len() as u64 + total as u64;
+        if new_len > BATCH_BYTES_MAX {
+            return Err(BatchError::TooLarge {
+                what: "batch",
+                actual: new_len,
+                limit: BATCH_BYTES_MAX,
+            });
+        }
+        self.buf.reserve(total);
+        varint::put_varint(&mut self.buf, body);
+        self.buf.push(attributes as u8);
+        varint::put_varlong(&mut self.buf, timestamp_delta);
+        varint::put_varint(&mut self.buf, offset_delta_i32);
+        self.buf.extend_from_slice(key_value);
+        varint::put_varint(&mut self.buf, count);
+        self.buf.extend_from_slice(own_headers);
+        for (k, v) in extra {
+            put_nullable(&mut self.buf, Some(k.as_bytes()));
+            put_nullable(&mut self.buf, v);
+        }
+        self.tally.commit(offset_delta, timestamp);
+        Ok(())
+    }
+
     fn push_fields<'h, H>(
         &mut self,
         offset_delta: u32,
@@ -504,6 +621,64 @@ mod tests {
     use super::*;
     use crate::batch::header::verify_crc;
     use alloc::vec;
+
+    #[test]
+    fn encoded_fields_build_the_same_batch_as_the_fields() {
+        // Records from one batch, some moved to another with new deltas
+        // (timestamps before and after the new base, a large value, null
+        // key and value, headers): the copy is byte for byte the encoding.
+        let mut source = BatchBuilder::new(BatchOptions::default());
+        let big = vec![7u8; 300];
+        let headers = [
+            RecordHeader::new("h", Some(b"v")),
+            RecordHeader::new("n", None),
+        ];
+        source.push(5_000, Some(b"a"), Some(b"1"), &[]).unwrap();
+        source.push(1_000, None, Some(&big), &headers).unwrap();
+        source
+            .push(9_000_000, Some(b"c"), None, &headers[..1])
+            .unwrap();
+        source.push(4_000, None, None, &[]).unwrap();
+        let source = source.build().unwrap();
+        let batch = crate::batch::Batch::new_checked(&source).unwrap();
+        let records: Vec<_> = batch.record_refs().unwrap().map(|r| r.unwrap()).collect();
+        for codec in [Compression::None, Compression::Lz4] {
+            let opts = BatchOptions {
+                compression: codec,
+                ..BatchOptions::default()
+            };
+            let (mut copied, mut encoded) = (BatchBuilder::new(opts), BatchBuilder::new(opts));
+            for r in records.iter().skip(1) {
+                let ts = batch.record_timestamp(r.timestamp_delta);
+                copied
+                    .push_encoded_fields(ts, 0, r.encoded_fields())
+                    .unwrap();
+                encoded
+                    .push_borrowed(ts, r.key, r.value, r.headers().map(|h| (h.key, h.value)))
+                    .unwrap();
+            }
+            let copied = copied.build().unwrap();
+            assert_eq!(copied, encoded.build().unwrap());
+            // The same records with two headers added, from their parts.
+            let added = [("g", Some(&b"gw"[..])), ("z", None)];
+            let (mut parts, mut encoded) = (BatchBuilder::new(opts), BatchBuilder::new(opts));
+            for r in records.iter().skip(1) {
+                let ts = batch.record_timestamp(r.timestamp_delta);
+                let fields = r.encoded_fields();
+                let own = r.encoded_headers();
+                let key_value = &fields[..fields.len() - own.len() - 1];
+                parts
+                    .push_encoded_parts(ts, 0, key_value, r.header_count(), own, added.into_iter())
+                    .unwrap();
+                let headers = r.headers().map(|h| (h.key, h.value)).chain(added);
+                encoded.push_borrowed(ts, r.key, r.value, headers).unwrap();
+            }
+            assert_eq!(parts.build().unwrap(), encoded.build().unwrap());
+            let h = verify_crc(&copied).unwrap();
+            assert_eq!((h.base_timestamp, h.max_timestamp), (1_000, 9_000_000));
+            assert_eq!((h.record_count, h.last_offset_delta), (3, 2));
+        }
+    }
 
     #[test]
     fn header_fields_follow_the_records() {

@@ -131,6 +131,8 @@ pub struct RecordRef<'a> {
     header_count: u32,
     headers: &'a [u8],
     raw: &'a [u8],
+    /// From the key's length to the end of the record.
+    fields: &'a [u8],
 }
 
 impl<'a> RecordRef<'a> {
@@ -157,6 +159,7 @@ impl<'a> RecordRef<'a> {
         let attributes = r.u8()? as i8;
         let timestamp_delta = r.varlong()?;
         let offset_delta = r.varint()?;
+        let fields_start = r.pos;
         let key = r.nullable_bytes()?;
         let value = r.nullable_bytes()?;
         let header_count = r.varint()?;
@@ -180,6 +183,7 @@ impl<'a> RecordRef<'a> {
                 header_count,
                 headers,
                 raw,
+                fields: body.get(fields_start..).unwrap_or(&[]),
             },
             end,
         ))
@@ -201,6 +205,24 @@ impl<'a> RecordRef<'a> {
     /// The record's encoded bytes, length prefix included, exactly as in the batch.
     pub fn raw(&self) -> &'a [u8] {
         self.raw
+    }
+
+    /// The record's key, value and headers exactly as encoded in the batch
+    /// (from the key's length to the record's end), checked when the record
+    /// was decoded. [`BatchBuilder::push_encoded_fields`] copies them into
+    /// another batch without decoding them again.
+    ///
+    /// [`BatchBuilder::push_encoded_fields`]: super::BatchBuilder::push_encoded_fields
+    pub fn encoded_fields(&self) -> &'a [u8] {
+        self.fields
+    }
+
+    /// The record's headers exactly as encoded (after their count), for
+    /// [`BatchBuilder::push_encoded_parts`].
+    ///
+    /// [`BatchBuilder::push_encoded_parts`]: super::BatchBuilder::push_encoded_parts
+    pub fn encoded_headers(&self) -> &'a [u8] {
+        self.headers
     }
 
     /// Copies the record into an owned [`Record`].
@@ -272,34 +294,40 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
+    #[inline]
     fn rest(&self) -> &'a [u8] {
         self.buf.get(self.pos..).unwrap_or(&[])
     }
 
+    #[inline]
     fn u8(&mut self) -> Result<u8, BatchError> {
         let b = *self.rest().first().ok_or(OVERRUN)?;
         self.pos += 1;
         Ok(b)
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<i32, BatchError> {
         let (v, n) = varint::decode_varint(self.rest()).map_err(overrun)?;
         self.pos += n;
         Ok(v)
     }
 
+    #[inline]
     fn varlong(&mut self) -> Result<i64, BatchError> {
         let (v, n) = varint::decode_varlong(self.rest()).map_err(overrun)?;
         self.pos += n;
         Ok(v)
     }
 
+    #[inline]
     fn bytes(&mut self, len: usize) -> Result<&'a [u8], BatchError> {
         let b = self.rest().get(..len).ok_or(OVERRUN)?;
         self.pos += len;
         Ok(b)
     }
 
+    #[inline]
     fn nullable_bytes(&mut self) -> Result<Option<&'a [u8]>, BatchError> {
         match self.varint()? {
             -1 => Ok(None),
@@ -365,7 +393,7 @@ fn put_varlong<S: Sink>(s: &mut S, v: i64) {
     s.put(&b[..n]);
 }
 
-fn put_nullable<S: Sink>(s: &mut S, b: Option<&[u8]>) {
+pub(crate) fn put_nullable<S: Sink>(s: &mut S, b: Option<&[u8]>) {
     match b {
         None => put_varint(s, -1),
         Some(b) => {
@@ -409,7 +437,7 @@ fn len_i32(len: usize, what: &'static str) -> Result<i32, BatchError> {
     })
 }
 
-fn nullable_len(b: Option<&[u8]>, what: &'static str) -> Result<usize, BatchError> {
+pub(crate) fn nullable_len(b: Option<&[u8]>, what: &'static str) -> Result<usize, BatchError> {
     Ok(match b {
         None => 1,
         Some(b) => varint::varint_len(len_i32(b.len(), what)?) + b.len(),
@@ -521,7 +549,11 @@ mod tests {
         let (rr, n) = RecordRef::decode(&out).unwrap();
         assert_eq!(n, out.len() - 8);
         assert_eq!(rr.raw(), &out[..n]);
+        // Length, attributes, timestamp delta -5, offset delta 3: one byte each.
+        assert_eq!(rr.encoded_fields(), &out[4..n]);
         assert_eq!(rr.header_count(), 3);
+        // Key "k" (2 bytes), null value (1), then the count (1).
+        assert_eq!(rr.encoded_headers(), &out[8..n]);
         let hs: Vec<_> = rr.headers().collect();
         assert_eq!(
             hs[0],

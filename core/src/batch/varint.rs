@@ -125,7 +125,25 @@ pub fn put_varlong(out: &mut Vec<u8>, v: i64) {
 }
 
 /// Reads up to `bytes_max` 7-bit groups; the last allowed byte may be at most `last_byte_max`.
+#[inline]
 fn decode_groups(
+    buf: &[u8],
+    bytes_max: usize,
+    last_byte_max: u8,
+) -> Result<(u64, usize), BatchError> {
+    // Most varints in a record (attributes aside, every field but the
+    // value's length) are one byte: no loop for those.
+    if let Some(&b) = buf.first()
+        && b & 0x80 == 0
+        && (bytes_max > 1 || b <= last_byte_max)
+    {
+        return Ok((u64::from(b), 1));
+    }
+    decode_groups_slow(buf, bytes_max, last_byte_max)
+}
+
+#[inline(never)]
+fn decode_groups_slow(
     buf: &[u8],
     bytes_max: usize,
     last_byte_max: u8,
@@ -152,6 +170,7 @@ fn decode_groups(
 }
 
 /// Decodes an unsigned varint from the start of `buf`: (value, bytes read).
+#[inline]
 pub fn decode_uvarint(buf: &[u8]) -> Result<(u32, usize), BatchError> {
     // 4 groups of 7 bits = 28 bits; the 5th byte holds the top 4 bits.
     let (v, n) = decode_groups(buf, VARINT_BYTES_MAX, 0x0f)?;
@@ -161,18 +180,21 @@ pub fn decode_uvarint(buf: &[u8]) -> Result<(u32, usize), BatchError> {
 }
 
 /// Decodes an unsigned varlong from the start of `buf`: (value, bytes read).
+#[inline]
 pub fn decode_uvarlong(buf: &[u8]) -> Result<(u64, usize), BatchError> {
     // 9 groups of 7 bits = 63 bits; the 10th byte holds the top bit.
     decode_groups(buf, VARLONG_BYTES_MAX, 0x01)
 }
 
 /// Decodes a zigzag varint from the start of `buf`: (value, bytes read).
+#[inline]
 pub fn decode_varint(buf: &[u8]) -> Result<(i32, usize), BatchError> {
     let (v, n) = decode_uvarint(buf)?;
     Ok((zigzag_decode32(v), n))
 }
 
 /// Decodes a zigzag varlong from the start of `buf`: (value, bytes read).
+#[inline]
 pub fn decode_varlong(buf: &[u8]) -> Result<(i64, usize), BatchError> {
     let (v, n) = decode_uvarlong(buf)?;
     Ok((zigzag_decode64(v), n))

@@ -910,7 +910,11 @@ impl PluginHost {
         let records::Decoded {
             batches: metas,
             flat,
+            encoded,
         } = records::decode(batches).map_err(corrupt)?;
+        // Whether `current` is still the request as decoded, so `encoded`
+        // says where its records lie as they were encoded.
+        let mut as_decoded = true;
         let total = flat.len();
         // The records still alive as the next plugin sees them, and where
         // each came from in the request. The last plugin's verdicts are not
@@ -937,6 +941,7 @@ impl PluginHost {
                 }
                 current = next;
                 origin = next_origin;
+                as_decoded = false;
             }
             if current.len() == 0 {
                 // Nothing left for the rest of the chain.
@@ -1047,7 +1052,14 @@ impl PluginHost {
                 answer: Vec::new(),
             },
         };
+        let copied = as_decoded.then_some(&encoded);
         let push = |builder: &mut BatchBuilder, i: usize| match &pending {
+            _ if let Some(encoded) = copied
+                && let Some(done) =
+                    push_copied(builder, &current, encoded, pending.as_ref(), &keys, i) =>
+            {
+                done
+            }
             None => records::push(
                 builder,
                 current.timestamp(i),
@@ -1214,6 +1226,50 @@ impl<'x> Keys<'x> {
     }
 }
 
+/// Pushes record `i` of `current` (the request as decoded, its records
+/// where `encoded` says) by copying its encoded key, value and headers when
+/// `answer` keeps them (keep, or a rewrite that only appends headers, which
+/// are encoded after them); `None` when it must be encoded from its fields.
+fn push_copied(
+    builder: &mut BatchBuilder,
+    current: &Flat<'_>,
+    encoded: &records::Encoded,
+    answer: Option<&Verdicts>,
+    keys: &Keys<'_>,
+    i: usize,
+) -> Option<Result<(), String>> {
+    let appended = match answer.map(|a| a.verdicts.get(i)) {
+        None | Some(Some(Verdict::Keep)) => None,
+        Some(Some(Verdict::Rewrite(rw)))
+            if matches!(rw.key, Field::Unchanged) && matches!(rw.value, Field::Unchanged) =>
+        {
+            match rw.headers {
+                HeaderEdit::Unchanged => None,
+                HeaderEdit::Append(r) => Some(r),
+                HeaderEdit::Replace(_) => return None,
+            }
+        }
+        _ => return None,
+    };
+    let timestamp = current.timestamp(i);
+    let pushed = match (appended, answer) {
+        (Some(r), Some(answer)) => {
+            let (key_value, count, own) =
+                encoded.parts(&current.data, i, current.header_count(i))?;
+            let added = records::header_pairs(
+                &answer.data,
+                &answer.headers,
+                &keys.answer,
+                r.first as usize,
+                r.count as usize,
+            );
+            builder.push_encoded_parts(timestamp, 0, key_value, count, own, added)
+        }
+        _ => builder.push_encoded_fields(timestamp, 0, encoded.fields(&current.data, i)?),
+    };
+    Some(pushed.map_err(|e| format!("cannot encode a record: {e}")))
+}
+
 /// Record `i` of `current` as `answer` leaves it: `None` when dropped or
 /// rejected, else its timestamp, key, value and headers (rewritten fields
 /// from the answer's data, the others from `current`).
@@ -1353,6 +1409,111 @@ mod tests {
         };
         engine_for(&config).unwrap();
         engine_for(&PluginsConfig::default()).unwrap();
+    }
+
+    #[test]
+    fn kept_and_header_appending_records_are_copied_as_the_encoder_writes_them() {
+        use bindings::verdict_types::{Header, HeaderRange, Rewrite, Span};
+        use eddy_core::batch::RecordHeader;
+        let rewrite = |key, headers| {
+            Verdict::Rewrite(Rewrite {
+                key,
+                value: Field::Unchanged,
+                headers,
+            })
+        };
+        let append = |first, count| HeaderEdit::Append(HeaderRange { first, count });
+        let answer = Verdicts {
+            verdicts: vec![
+                Verdict::Keep,
+                rewrite(Field::Unchanged, append(0, 1)),
+                rewrite(Field::Unchanged, append(0, 2)),
+                rewrite(Field::Unchanged, HeaderEdit::Unchanged),
+                // These two are encoded from their fields.
+                rewrite(Field::Bytes(Span { offset: 0, len: 1 }), append(0, 1)),
+                rewrite(
+                    Field::Null,
+                    HeaderEdit::Replace(HeaderRange { first: 1, count: 1 }),
+                ),
+            ],
+            data: b"gw".to_vec(),
+            headers: vec![
+                Header {
+                    key: Span { offset: 0, len: 1 },
+                    value: Some(Span { offset: 0, len: 2 }),
+                },
+                Header {
+                    key: Span { offset: 1, len: 1 },
+                    value: None,
+                },
+            ],
+        };
+        for compression in [Compression::None, Compression::Lz4] {
+            let mut b = BatchBuilder::new(BatchOptions {
+                compression,
+                ..BatchOptions::default()
+            });
+            for i in 0..6i64 {
+                let headers: Vec<RecordHeader> = (0..i % 3)
+                    .map(|h| RecordHeader::new(&format!("own{h}"), (h == 0).then_some(&b"o"[..])))
+                    .collect();
+                let key = format!("k{i}");
+                let value = vec![b'v'; 100 + i as usize];
+                b.push(
+                    1_000 - i * 300,
+                    (i % 2 == 0).then_some(key.as_bytes()),
+                    (i != 3).then_some(&value[..]),
+                    &headers,
+                )
+                .unwrap();
+            }
+            let bytes = b.build().unwrap();
+            let d = records::decode(&bytes).unwrap();
+            for answer in [None, Some(&answer)] {
+                let keys = match answer {
+                    Some(a) => Keys::of(&d.flat, a).unwrap(),
+                    None => Keys {
+                        current: d.flat.header_keys(),
+                        answer: Vec::new(),
+                    },
+                };
+                let (mut copied, mut encoded) = (
+                    BatchBuilder::new(BatchOptions::default()),
+                    BatchBuilder::new(BatchOptions::default()),
+                );
+                for i in 0..6 {
+                    let fields = match answer {
+                        Some(a) => resolve(&d.flat, a, &keys, i).unwrap(),
+                        None => {
+                            let all = Verdicts {
+                                verdicts: vec![Verdict::Keep; 6],
+                                data: Vec::new(),
+                                headers: Vec::new(),
+                            };
+                            let (ts, k, v, h) = resolve(&d.flat, &all, &keys, i).unwrap();
+                            records::push(&mut encoded, ts, k, v, h).unwrap();
+                            push_copied(&mut copied, &d.flat, &d.encoded, None, &keys, i)
+                                .unwrap()
+                                .unwrap();
+                            continue;
+                        }
+                    };
+                    let (ts, k, v, h) = fields;
+                    records::push(&mut encoded, ts, k, v, h.clone()).unwrap();
+                    match push_copied(&mut copied, &d.flat, &d.encoded, answer, &keys, i) {
+                        Some(done) => {
+                            assert!(i < 4, "record {i} must be encoded");
+                            done.unwrap();
+                        }
+                        None => {
+                            assert!(i >= 4, "record {i} must be copied");
+                            records::push(&mut copied, ts, k, v, h).unwrap();
+                        }
+                    }
+                }
+                assert_eq!(copied.build().unwrap(), encoded.build().unwrap());
+            }
+        }
     }
 
     #[test]

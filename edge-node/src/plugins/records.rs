@@ -7,11 +7,14 @@
 //! crossing into Wasm costs three list copies whatever the number of
 //! records. After the plugins ran, each batch whose records all came
 //! through unchanged is passed on byte for byte, and the others are rebuilt
-//! once, from slices, in the codec they will be stored with.
+//! once, in the codec they will be stored with: records whose key and value
+//! came through are copied as they were encoded (their headers too, plus
+//! any a plugin appended), the others encoded from slices. Splitting a
+//! request across partitions copies every record as encoded.
 
 use std::borrow::Cow;
 
-use eddy_core::batch::{Batch, BatchBuilder, BatchOptions, Compression, RecordIter};
+use eddy_core::batch::{Batch, BatchBuilder, BatchOptions, Compression, RecordIter, varint};
 use eddy_core::compaction::DECOMPRESSED_BATCH_BYTES_MAX;
 
 use super::engine::bindings::types as wit_batch;
@@ -118,6 +121,12 @@ impl<'a> Flat<'a> {
 
     pub fn value(&self, i: usize) -> Option<&[u8]> {
         range(&self.data, &self.fields, i * 4 + 2)
+    }
+
+    /// Record `i`'s number of headers.
+    pub fn header_count(&self, i: usize) -> u32 {
+        let start = |i: usize| self.header_starts.get(i).copied().unwrap_or_default();
+        start(i + 1).saturating_sub(start(i))
     }
 
     pub fn timestamp(&self, i: usize) -> i64 {
@@ -238,6 +247,49 @@ pub fn header_pairs<'h>(
 pub struct Decoded<'a> {
     pub batches: Vec<BatchMeta>,
     pub flat: Flat<'a>,
+    /// Where each record's fields lie in `flat.data` as they were encoded.
+    pub encoded: Encoded,
+}
+
+impl Decoded<'_> {
+    /// Record `i`'s key, value and headers as encoded in its batch.
+    fn encoded_fields(&self, i: usize) -> Option<&[u8]> {
+        self.encoded.fields(&self.flat.data, i)
+    }
+}
+
+/// Where each record's key, value and headers lie in the decoded data as
+/// they were encoded, so records that go on unchanged (split across
+/// partitions, kept, or given extra headers) are copied instead of being
+/// encoded again. Four words per record: the offset of its key's length,
+/// the length of its key and value, where its own headers start after
+/// their count (from that offset), and the length to the record's end.
+#[derive(Debug, Default)]
+pub struct Encoded(Vec<u32>);
+
+/// Record parts as [`Encoded::parts`] gives them: its key and value, its
+/// header count and its headers, as encoded.
+pub type EncodedParts<'d> = (&'d [u8], u32, &'d [u8]);
+
+impl Encoded {
+    fn words(&self, i: usize) -> Option<[usize; 4]> {
+        let w = self.0.get(i * 4..i * 4 + 4)?;
+        Some([w[0] as usize, w[1] as usize, w[2] as usize, w[3] as usize])
+    }
+
+    /// Record `i`'s key, value and headers as encoded (`None` if unknown).
+    pub fn fields<'d>(&self, data: &'d [u8], i: usize) -> Option<&'d [u8]> {
+        let [offset, _, _, len] = self.words(i)?;
+        data.get(offset..offset.checked_add(len)?)
+    }
+
+    /// Record `i`'s key and value as encoded, and its `count` headers as
+    /// encoded after their count (`None` if unknown).
+    pub fn parts<'d>(&self, data: &'d [u8], i: usize, count: u32) -> Option<EncodedParts<'d>> {
+        let [offset, kv, headers, len] = self.words(i)?;
+        let fields = data.get(offset..offset.checked_add(len)?)?;
+        Some((fields.get(..kv)?, count, fields.get(headers..)?))
+    }
 }
 
 /// Decodes every batch (length and CRC checked) into one flat batch.
@@ -292,8 +344,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, String> {
         .sum();
     // Bounded: a record takes at least 7 bytes of the request (unless
     // compressed; then the tables grow as needed).
-    let mut flat = Flat::with_capacity(records.min(bytes.len() / 7 + 1), 0);
+    let capacity = records.min(bytes.len() / 7 + 1);
+    let mut flat = Flat::with_capacity(capacity, 0);
     flat.data = Cow::Borrowed(&[]);
+    let mut encoded = Vec::with_capacity(capacity * 4);
     // One section is passed as it lies; several are joined.
     let mut joined = Vec::with_capacity(if sections > 1 { total } else { 0 });
     let mut batches = Vec::with_capacity(parts.len());
@@ -320,6 +374,18 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, String> {
                 }
                 put(r.key, &mut flat.fields);
                 put(r.value, &mut flat.fields);
+                let fields = r.encoded_fields();
+                let own = r.encoded_headers();
+                encoded.extend([
+                    (base + (fields.as_ptr() as usize - origin)) as u32,
+                    // The key and value, then the header count, then the
+                    // headers: all inside the record.
+                    (fields.len().saturating_sub(own.len()))
+                        .saturating_sub(varint::varint_len(r.header_count() as i32))
+                        as u32,
+                    (fields.len().saturating_sub(own.len())) as u32,
+                    fields.len() as u32,
+                ]);
                 flat.timestamps
                     .push(batch.record_timestamp(r.timestamp_delta));
                 flat.header_starts.push((flat.headers.len() / 4) as u32);
@@ -337,7 +403,11 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, String> {
     if sections > 1 {
         flat.data = Cow::Owned(joined);
     }
-    Ok(Decoded { batches, flat })
+    Ok(Decoded {
+        batches,
+        flat,
+        encoded: Encoded(encoded),
+    })
 }
 
 /// The request's batches after the plugins: batches none of whose records
@@ -413,6 +483,10 @@ pub fn single_partition(partitions: &[u32]) -> Option<u32> {
 /// within its partition, the first batch's timestamp type and producer
 /// fields, and `codec` (else the first batch's codec). When every record
 /// goes to one partition, the request's batches go there as they are.
+///
+/// Records are not encoded again: each one's key, value and headers are
+/// copied as they lie in the (decompressed) request, behind a new length,
+/// timestamp delta and offset delta; the batch header and CRC are new.
 pub fn split(
     bytes: &[u8],
     decoded: &Decoded<'_>,
@@ -426,31 +500,44 @@ pub fn split(
     if let Some(codec) = codec {
         opts.compression = codec;
     }
-    let flat = &decoded.flat;
-    let keys = flat.header_keys();
-    // Room for each partition's share of the records' bytes, so no
-    // builder regrows: records encode to about their share of the
-    // sections, plus a few bytes of lengths each.
-    let per_record = flat.data.len() / partitions.len().max(1) + 16;
-    let mut builders: Vec<(u32, BatchBuilder)> = Vec::new();
+    // Each partition's slot in `builders`, in the order of its first
+    // record (partitions are below the topic's count, at most
+    // `PARTITIONS_PER_TOPIC_MAX`, as the caller checked), and its bytes, so no builder regrows (a record's length,
+    // attributes and deltas take at most 21 bytes besides its fields).
+    let mut slot_of: Vec<u32> = Vec::new();
+    let mut sizes: Vec<(u32, usize)> = Vec::new();
     for (i, &p) in partitions.iter().enumerate() {
-        let slot = match builders.iter().position(|(q, _)| *q == p) {
-            Some(slot) => slot,
-            None => {
-                let count = partitions[i..].iter().filter(|q| **q == p).count();
-                let mut builder = BatchBuilder::new(opts);
-                builder.reserve(count.saturating_mul(per_record));
-                builders.push((p, builder));
-                builders.len() - 1
-            }
+        let p_idx = p as usize;
+        if slot_of.len() <= p_idx {
+            slot_of.resize(p_idx + 1, u32::MAX);
+        }
+        if slot_of[p_idx] == u32::MAX {
+            slot_of[p_idx] = sizes.len() as u32;
+            sizes.push((p, 0));
+        }
+        let size = &mut sizes[slot_of[p_idx] as usize].1;
+        let len = decoded.encoded_fields(i).map_or(0, <[u8]>::len);
+        *size = size.saturating_add(len + 21);
+    }
+    let mut builders: Vec<(u32, BatchBuilder)> = sizes
+        .into_iter()
+        .map(|(p, size)| {
+            let mut builder = BatchBuilder::new(opts);
+            builder.reserve(size);
+            (p, builder)
+        })
+        .collect();
+    let flat = &decoded.flat;
+    for (i, &p) in partitions.iter().enumerate() {
+        let (Some((_, builder)), Some(fields)) = (
+            builders.get_mut(slot_of[p as usize] as usize),
+            decoded.encoded_fields(i),
+        ) else {
+            return Err(format!("record {i} was not decoded"));
         };
-        push(
-            &mut builders[slot].1,
-            flat.timestamp(i),
-            flat.key(i),
-            flat.value(i),
-            flat.headers_keyed(i, &keys),
-        )?;
+        builder
+            .push_encoded_fields(flat.timestamp(i), 0, fields)
+            .map_err(|e| format!("cannot encode a record: {e}"))?;
     }
     builders
         .into_iter()
@@ -564,6 +651,128 @@ mod tests {
             .unwrap()
             .is_none()
         );
+    }
+
+    /// How requests were split before: every record decoded into fields
+    /// and encoded again.
+    fn split_by_rebuild(
+        decoded: &Decoded<'_>,
+        partitions: &[u32],
+        codec: Option<Compression>,
+    ) -> Vec<(u32, Vec<u8>)> {
+        let mut opts = decoded.batches[0].opts;
+        if let Some(codec) = codec {
+            opts.compression = codec;
+        }
+        let flat = &decoded.flat;
+        let mut builders: Vec<(u32, BatchBuilder)> = Vec::new();
+        for (i, &p) in partitions.iter().enumerate() {
+            let slot = match builders.iter().position(|(q, _)| *q == p) {
+                Some(slot) => slot,
+                None => {
+                    builders.push((p, BatchBuilder::new(opts)));
+                    builders.len() - 1
+                }
+            };
+            let b = &mut builders[slot].1;
+            push(
+                b,
+                flat.timestamp(i),
+                flat.key(i),
+                flat.value(i),
+                flat.headers(i),
+            )
+            .unwrap();
+        }
+        builders
+            .into_iter()
+            .map(|(p, b)| (p, b.build().unwrap()))
+            .collect()
+    }
+
+    /// Every record of `bytes` as the consumer sees it.
+    fn records_of(bytes: &[u8]) -> Vec<eddy_core::batch::Record> {
+        BatchIter::new(bytes)
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let records = b.records(DECOMPRESSED_BATCH_BYTES_MAX).unwrap();
+                records.into_iter().map(move |mut r| {
+                    // Absolute timestamps and offsets, so batches compare.
+                    r.timestamp_delta = b.record_timestamp(r.timestamp_delta);
+                    r.offset_delta = b.record_offset(r.offset_delta) as i32;
+                    r
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn split_copies_records_as_the_rebuild_encoded_them() {
+        // Two batches (one compressed, one not), headers, null keys and
+        // values, timestamps going back and forth.
+        let opts = |compression| BatchOptions {
+            compression,
+            ..BatchOptions::default()
+        };
+        let mut first = BatchBuilder::new(opts(Compression::Lz4));
+        let mut second = BatchBuilder::new(opts(Compression::None));
+        let long = vec![b'x'; 200];
+        for i in 0..40i64 {
+            let ts = 1_700_000_000_000 + (i * 7919 % 13) * 1_000 - 5_000;
+            let key = format!("k{i}");
+            let headers: Vec<RecordHeader> = (0..i % 3)
+                .map(|h| RecordHeader::new(&format!("h{h}"), (h != 1).then_some(&b"v"[..])))
+                .collect();
+            let value: Option<&[u8]> = match i % 5 {
+                0 => None,
+                1 => Some(&long),
+                _ => Some(key.as_bytes()),
+            };
+            let b = if i < 25 { &mut first } else { &mut second };
+            b.push(ts, (i % 4 != 0).then_some(key.as_bytes()), value, &headers)
+                .unwrap();
+        }
+        let mut bytes = first.build().unwrap();
+        bytes.extend(second.build().unwrap());
+        let d = decode(&bytes).unwrap();
+        let partitions: Vec<u32> = (0..40u32).map(|i| (i * 7) % 5).collect();
+        for codec in [None, Some(Compression::None), Some(Compression::Zstd)] {
+            let raw = split(&bytes, &d, &partitions, codec).unwrap();
+            let rebuilt = split_by_rebuild(&d, &partitions, codec);
+            assert_eq!(raw.len(), 5);
+            for ((p, a), (q, b)) in raw.iter().zip(&rebuilt) {
+                assert_eq!(p, q);
+                // CRC and lengths checked by the decoder.
+                assert_eq!(records_of(a), records_of(b), "partition {p}");
+                let (batch, rest) = Batch::parse(a).unwrap();
+                assert!(rest.is_empty());
+                let (other, _) = Batch::parse(b).unwrap();
+                assert_eq!(batch.header.base_timestamp, other.header.base_timestamp);
+                assert_eq!(batch.header.max_timestamp, other.header.max_timestamp);
+                assert_eq!(batch.header.record_count, other.header.record_count);
+                assert_eq!(batch.compression().unwrap(), other.compression().unwrap());
+                if batch.compression().unwrap() == Compression::None {
+                    // Uncompressed, the two are the same bytes.
+                    assert_eq!(a, b);
+                }
+            }
+            // Every record of the request in its partition, in order, with
+            // its key, value, headers and timestamp.
+            let input = records_of(&bytes);
+            for (p, batch) in &raw {
+                let want: Vec<_> = input
+                    .iter()
+                    .zip(&partitions)
+                    .filter(|(_, q)| *q == p)
+                    .enumerate()
+                    .map(|(n, (r, _))| eddy_core::batch::Record {
+                        offset_delta: n as i32,
+                        ..r.clone()
+                    })
+                    .collect();
+                assert_eq!(records_of(batch), want, "partition {p}");
+            }
+        }
     }
 
     #[test]
