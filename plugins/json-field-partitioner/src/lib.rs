@@ -60,6 +60,21 @@ pub fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
+/// `bytes` after `prefix`, compared eight bytes at a time (Wasm has no
+/// vector `memcmp` to call).
+fn strip_prefix<'a>(bytes: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let (head, rest) = bytes.split_at_checked(prefix.len())?;
+    let mut a = head.chunks_exact(8);
+    let mut b = prefix.chunks_exact(8);
+    for (x, y) in (&mut a).zip(&mut b) {
+        let word = |c: &[u8]| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        if word(x) != word(y) {
+            return None;
+        }
+    }
+    (a.remainder() == b.remainder()).then_some(rest)
+}
+
 /// The partition Kafka gives `bytes` among `count`.
 pub fn partition_for(bytes: &[u8], count: u32) -> u32 {
     ((murmur2(bytes) & 0x7fff_ffff) as u32) % count
@@ -135,13 +150,24 @@ impl JsonFieldPartitioner {
     /// when the value starts otherwise, or the string holds anything JSON
     /// escapes or forbids: the parser decides then.
     fn leading_plain_string<'a>(&self, value: &'a [u8]) -> Option<&'a [u8]> {
-        let rest = value.strip_prefix(self.leading.as_deref()?)?;
-        let s = &rest[..rest.iter().position(|b| *b == b'"')?];
-        if s.iter().any(|b| *b < 0x20 || *b == b'\\') {
-            return None;
+        let rest = strip_prefix(value, self.leading.as_deref()?)?;
+        // One pass to the closing quote: stop at anything to unescape or
+        // that JSON forbids, and note whether UTF-8 needs checking.
+        let mut ascii = true;
+        for (i, &b) in rest.iter().enumerate() {
+            if b == b'"' {
+                let s = &rest[..i];
+                if !ascii {
+                    std::str::from_utf8(s).ok()?;
+                }
+                return Some(s);
+            }
+            if b < 0x20 || b == b'\\' {
+                return None;
+            }
+            ascii &= b < 0x80;
         }
-        std::str::from_utf8(s).ok()?;
-        Some(s)
+        None
     }
 
     /// The field's value as bytes to hash: a string's contents, or the JSON

@@ -250,8 +250,13 @@ impl Rewrite<'_> {
     }
 
     /// Adds a header after the record's own (or after those set since
-    /// [`Rewrite::clear_headers`]).
+    /// [`Rewrite::clear_headers`]). When consecutive records are each given
+    /// the same one header, the answer carries it once and they share it.
     pub fn header(mut self, key: &str, value: Option<&[u8]>) -> Self {
+        if let Some(shared) = self.same_as_previous(key, value) {
+            self.current().headers = wit::HeaderEdit::Append(shared);
+            return self;
+        }
         let data = &mut self.verdicts.inner.data;
         let header = wit::Header {
             key: wit_span(append(data, key.as_bytes())),
@@ -280,6 +285,32 @@ impl Rewrite<'_> {
             count: 0,
         });
         self
+    }
+
+    /// The previous record's appended headers, when they are exactly this
+    /// one header, the last of the list, and this rewrite has not touched
+    /// its headers yet: then both records point at the same header (an
+    /// interceptor adding one header to every record sends it once). It
+    /// stays the last of the list, so adding more headers to this record
+    /// still extends its range.
+    fn same_as_previous(&self, key: &str, value: Option<&[u8]>) -> Option<wit::HeaderRange> {
+        let inner = &self.verdicts.inner;
+        let n = inner.verdicts.len();
+        let (Some(wit::Verdict::Rewrite(prev)), Some(wit::Verdict::Rewrite(this))) =
+            (inner.verdicts.get(n.checked_sub(2)?), inner.verdicts.last())
+        else {
+            return None;
+        };
+        let (wit::HeaderEdit::Append(r), wit::HeaderEdit::Unchanged) = (prev.headers, this.headers)
+        else {
+            return None;
+        };
+        let h = inner.headers.last()?;
+        let same = r.count == 1
+            && r.first as usize + 1 == inner.headers.len()
+            && span(h.key).of(&inner.data) == key.as_bytes()
+            && h.value.map(|v| span(v).of(&inner.data)) == value;
+        same.then_some(r)
     }
 
     fn field(&mut self, bytes: Option<&[u8]>) -> wit::Field {
@@ -365,5 +396,30 @@ mod tests {
         assert_eq!(v.outcome(3, &records), Some(Outcome::Dropped));
         assert_eq!(v.outcome(4, &records), Some(Outcome::Rejected("no".into())));
         assert_eq!(v.outcome(5, &records), None);
+    }
+
+    #[test]
+    fn one_header_added_to_every_record_is_sent_once() {
+        let mut records = Records::new();
+        for i in 0..4u8 {
+            records.push(None, Some(&[i]), &[("own", Some(b"o"))], 0);
+        }
+        let mut v = Verdicts::with_capacity(records.len());
+        v.rewrite().header("g", Some(b"1"));
+        v.rewrite().header("g", Some(b"1"));
+        // More headers after a shared one still land on this record only.
+        v.rewrite().header("g", Some(b"1")).header("x", None);
+        v.rewrite().header("g", Some(b"2"));
+        assert_eq!(v.inner.headers.len(), 3);
+        let headers = |i| match v.outcome(i, &records) {
+            Some(Outcome::Rewritten(r)) => r.headers,
+            other => panic!("{other:?}"),
+        };
+        let g = |x: &[u8]| ("g".to_owned(), Some(x.to_vec()));
+        let own = ("own".to_owned(), Some(b"o".to_vec()));
+        assert_eq!(headers(0), [own.clone(), g(b"1")]);
+        assert_eq!(headers(1), [own.clone(), g(b"1")]);
+        assert_eq!(headers(2), [own.clone(), g(b"1"), ("x".to_owned(), None)]);
+        assert_eq!(headers(3), [own, g(b"2")]);
     }
 }
