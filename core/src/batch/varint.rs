@@ -131,15 +131,14 @@ fn decode_groups(
     bytes_max: usize,
     last_byte_max: u8,
 ) -> Result<(u64, usize), BatchError> {
-    // Most varints in a record (attributes aside, every field but the
-    // value's length) are one byte: no loop for those.
-    if let Some(&b) = buf.first()
-        && b & 0x80 == 0
-        && (bytes_max > 1 || b <= last_byte_max)
-    {
-        return Ok((u64::from(b), 1));
+    // Nearly every varint in a record is one or two bytes (lengths and
+    // deltas below 8192): no loop for those. Both types take more bytes.
+    debug_assert!(bytes_max > 2);
+    match *buf {
+        [b0, ..] if b0 & 0x80 == 0 => Ok((u64::from(b0), 1)),
+        [b0, b1, ..] if b1 & 0x80 == 0 => Ok((u64::from(b0 & 0x7f) | u64::from(b1) << 7, 2)),
+        _ => decode_groups_slow(buf, bytes_max, last_byte_max),
     }
-    decode_groups_slow(buf, bytes_max, last_byte_max)
 }
 
 #[inline(never)]
