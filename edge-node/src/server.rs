@@ -167,6 +167,7 @@ pub fn transport_config(config: &NodeConfig) -> quinn::TransportConfig {
     t.receive_window(VarInt::from_u32(window));
     t.send_window(send_window);
     t.datagram_receive_buffer_size(None);
+    eddy_client::connection::discover_mtu_up_to_max(&mut t);
     // IDLE_TIMEOUT_MS is far below the limit of an idle timeout (2^62 ms).
     t.max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).ok());
     t
@@ -190,7 +191,7 @@ impl Server {
                 error,
             })?;
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            eddy_client::connection::endpoint_config(),
             Some(server_config),
             socket,
             rt.quinn_runtime(),
