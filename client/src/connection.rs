@@ -406,6 +406,22 @@ pub struct ListedOffset {
     pub timestamp: i64,
 }
 
+/// A request stream opened ahead of its request
+/// ([`Client::open_request_stream`]).
+pub struct RequestStream {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl std::fmt::Debug for RequestStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestStream")
+            .field("stream", &self.send.id())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A connection to one node, shared: clones are cheap and use the same connection.
 #[derive(Clone)]
 pub struct Client {
@@ -555,17 +571,61 @@ impl Client {
         let resend_on_stale = !matches!(header.request, Request::Produce { .. });
         let (conn, fresh) = self.connection().await?;
         match self
-            .exchange_on(&conn, name, &frame, payload, timeout)
+            .exchange_on(&conn, name, &frame, payload, timeout, None)
             .await
         {
             Err(e @ ClientError::ConnectionLost { .. }) if resend_on_stale && !fresh => {
                 log::debug!("{name} on a stale connection failed ({e}); re-dialling once");
                 let (conn, _) = self.connection().await?;
-                self.exchange_on(&conn, name, &frame, payload, timeout)
+                self.exchange_on(&conn, name, &frame, payload, timeout, None)
                     .await
             }
             other => other,
         }
+    }
+
+    /// Opens the stream of a request that is written later, with
+    /// [`Client::request_on`] or [`Client::send_only_on`]. The order in which
+    /// streams are opened is the order in which the node queues produce
+    /// requests for their partitions, so a producer opens the streams of one
+    /// partition's batches in the batches' order, even when other work
+    /// delays writing them.
+    pub async fn open_request_stream(&self) -> Result<RequestStream, ClientError> {
+        let (conn, _) = self.connection().await?;
+        let timeout_ms = u64::from(self.inner.options.request_timeout_ms);
+        // Waits only while the node's limit of concurrent streams is reached.
+        match with_timeout(conn.open_bi(), Duration::from_millis(timeout_ms)).await {
+            Some(Ok((send, recv))) => Ok(RequestStream { conn, send, recv }),
+            Some(Err(e)) => {
+                self.forget(&conn, None);
+                Err(lost(&self.inner.options.server, &e))
+            }
+            None => Err(ClientError::Timeout {
+                request: "open stream",
+                server: self.inner.server(),
+                timeout_ms,
+            }),
+        }
+    }
+
+    /// [`Client::request`] on a stream opened by
+    /// [`Client::open_request_stream`]. Never sent again here: a failure is
+    /// the caller's to retry.
+    pub async fn request_on(
+        &self,
+        stream: RequestStream,
+        header: RequestHeader,
+        payload: &[u8],
+    ) -> Result<(Response, Vec<u8>), ClientError> {
+        let frame = encode_header(&header).map_err(|e| ClientError::Protocol {
+            server: self.inner.server(),
+            reason: format!("cannot encode the request: {e}"),
+        })?;
+        let name = header.request.name();
+        let timeout = self.timeout_for(&header.request);
+        let RequestStream { conn, send, recv } = stream;
+        self.exchange_on(&conn, name, &frame, payload, timeout, Some((send, recv)))
+            .await
     }
 
     /// Sends one request for which the node sends no answer (a Produce with
@@ -576,16 +636,31 @@ impl Client {
         header: RequestHeader,
         payload: &[u8],
     ) -> Result<(), ClientError> {
+        let stream = self.open_request_stream().await?;
+        self.send_only_on(stream, header, payload).await
+    }
+
+    /// [`Client::send_only`] on a stream opened by
+    /// [`Client::open_request_stream`].
+    pub async fn send_only_on(
+        &self,
+        stream: RequestStream,
+        header: RequestHeader,
+        payload: &[u8],
+    ) -> Result<(), ClientError> {
         let frame = encode_header(&header).map_err(|e| ClientError::Protocol {
             server: self.inner.server(),
             reason: format!("cannot encode the request: {e}"),
         })?;
         let name = header.request.name();
         let timeout = self.timeout_for(&header.request);
-        let (conn, _) = self.connection().await?;
+        let RequestStream {
+            conn,
+            mut send,
+            recv: _recv,
+        } = stream;
         let server = &self.inner.options.server;
         let send = async {
-            let (mut send, _recv) = conn.open_bi().await.map_err(|e| lost(server, &e))?;
             write_request(&mut send, &frame, payload, server).await?;
             match send.stopped().await {
                 Ok(_) => Ok(()),
@@ -623,6 +698,7 @@ impl Client {
         self.finish_exchange(&conn, "raw", timeout, with_timeout(exchange, timeout).await)
     }
 
+    /// One request on `conn`: on `opened` streams if given, else on a new pair.
     async fn exchange_on(
         &self,
         conn: &quinn::Connection,
@@ -630,11 +706,15 @@ impl Client {
         frame: &[u8],
         payload: &[u8],
         timeout: Duration,
+        opened: Option<(quinn::SendStream, quinn::RecvStream)>,
     ) -> Result<(Response, Vec<u8>), ClientError> {
         let server = &self.inner.options.server;
         let max = self.inner.options.response_bytes_max as usize;
         let exchange = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(server, &e))?;
+            let (mut send, mut recv) = match opened {
+                Some(streams) => streams,
+                None => conn.open_bi().await.map_err(|e| lost(server, &e))?,
+            };
             write_request(&mut send, frame, payload, server).await?;
             read_response(&mut recv, name, server, max).await
         };

@@ -31,7 +31,7 @@ pub mod protocol;
 mod routing;
 
 pub use connection::{
-    Client, ClientError, ClientOptions, ListedOffset, Metadata, TopicDescription,
+    Client, ClientError, ClientOptions, ListedOffset, Metadata, RequestStream, TopicDescription,
 };
 pub use consumer::{
     AutoOffsetReset, ConsumeError, Consumer, ConsumerConfig, ConsumerRecord, RebalanceListener,

@@ -22,7 +22,9 @@
 //! after a lost *response* may write the batch twice, and with more than one
 //! request in flight a retried batch may land after a later one of the same
 //! partition: this is Kafka's behaviour with `enable.idempotence=false` (set
-//! `max_in_flight_requests_per_connection` to 1 to keep the order). With `acks = 0`
+//! `max_in_flight_requests_per_connection` to 1 to keep the order). Without
+//! retries, batches of one partition land in the order they were sealed, however
+//! many are in flight (see `OpenOrder`). With `acks = 0`
 //! offsets are unknown, and a batch counts as sent once the node's QUIC stack has
 //! acknowledged its bytes; it is resent only if the connection failed before that.
 
@@ -30,6 +32,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -42,6 +45,13 @@ use smol::lock::{Semaphore, SemaphoreGuardArc};
 use crate::connection::{Client, ClientError, backoff_ms, with_timeout};
 use crate::partition_for_key;
 use crate::protocol::{Acks, ErrorCode, PROTOCOL_VERSION, Request, RequestHeader, Response};
+
+/// Most bytes allocated for a new batch before its records arrive (a larger
+/// `batch_size` grows the batch as records come).
+const BATCH_PREALLOC_BYTES_MAX: u32 = 1024 * 1024;
+/// Partitions the sender remembers the last batch of before it forgets those
+/// whose stream is open.
+const OPEN_ORDER_PARTITIONS_KEPT: usize = 256;
 
 /// Producer settings, under Kafka's names (`batch.size` is `batch_size`, …).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -829,9 +839,13 @@ impl State {
                     partition,
                     id,
                 });
+                // Room for a full batch up front, as Kafka's buffer pool gives:
+                // growing by doubling would copy the records again and again.
+                let mut builder = BatchBuilder::new(opts);
+                builder.reserve(config.batch_size.min(BATCH_PREALLOC_BYTES_MAX) as usize);
                 OpenBatch {
                     id,
-                    builder: BatchBuilder::new(opts),
+                    builder,
                     result: Arc::new(BatchResult::default()),
                     bytes: 0,
                 }
@@ -1145,6 +1159,9 @@ fn now_ms() -> i64 {
 /// The producer's background task: seals batches whose linger expired and starts
 /// a request task per sealed batch, within the in-flight bound.
 async fn run_sender(shared: Arc<Shared>) {
+    // The last batch handed out per partition, whose stream the next one of
+    // that partition waits for.
+    let mut last_of: HashMap<(Arc<str>, u32), Arc<StreamOpened>> = HashMap::new();
     loop {
         let listener = shared.wake_sender.listen();
         let (batches, next_deadline, done) = {
@@ -1162,7 +1179,13 @@ async fn run_sender(shared: Arc<Shared>) {
         if !batches.is_empty() {
             for batch in batches {
                 let permit = shared.in_flight.acquire_arc().await;
-                smol::spawn(send_batch(shared.clone(), batch, permit)).detach();
+                let opened = Arc::new(StreamOpened::default());
+                let after = last_of.insert((batch.topic.clone(), batch.partition), opened.clone());
+                if last_of.len() > OPEN_ORDER_PARTITIONS_KEPT {
+                    last_of.retain(|_, o| !o.is_set());
+                }
+                let order = OpenOrder { after, opened };
+                smol::spawn(send_batch(shared.clone(), batch, permit, order)).detach();
             }
             // More may have become ready while waiting for permits.
             continue;
@@ -1179,7 +1202,63 @@ async fn run_sender(shared: Arc<Shared>) {
     }
 }
 
-async fn send_batch(shared: Arc<Shared>, batch: SealedBatch, permit: SemaphoreGuardArc) {
+/// Set once a batch's first request stream is open, or its delivery ended.
+#[derive(Debug, Default)]
+struct StreamOpened {
+    set: AtomicBool,
+    event: Event,
+}
+
+impl StreamOpened {
+    fn set(&self) {
+        if !self.set.swap(true, Ordering::AcqRel) {
+            self.event.notify(usize::MAX);
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    async fn wait(&self) {
+        loop {
+            if self.is_set() {
+                return;
+            }
+            // Listen first, then look again, so a notify in between is not lost.
+            let listener = self.event.listen();
+            if self.is_set() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// A batch's place among its partition's batches: the node queues a
+/// connection's produce requests in the order their streams were opened, so
+/// a batch opens its stream only after the batch before it (of the same
+/// partition) opened its own, or gave up. Then, as with Kafka over one TCP
+/// connection, batches land in the order they were sealed unless one is
+/// retried.
+#[derive(Debug)]
+struct OpenOrder {
+    after: Option<Arc<StreamOpened>>,
+    opened: Arc<StreamOpened>,
+}
+
+impl Drop for OpenOrder {
+    fn drop(&mut self) {
+        self.opened.set();
+    }
+}
+
+async fn send_batch(
+    shared: Arc<Shared>,
+    batch: SealedBatch,
+    permit: SemaphoreGuardArc,
+    order: OpenOrder,
+) {
     let SealedBatch {
         id,
         topic,
@@ -1190,7 +1269,7 @@ async fn send_batch(shared: Arc<Shared>, batch: SealedBatch, permit: SemaphoreGu
         sealed,
     } = batch;
     let outcome = match builder.build() {
-        Ok(bytes) => deliver(&shared, &topic, partition, &bytes, sealed).await,
+        Ok(bytes) => deliver(&shared, &topic, partition, &bytes, sealed, order).await,
         Err(e) => Err(ProduceError::Batch(e)),
     };
     drop(permit);
@@ -1214,7 +1293,11 @@ async fn deliver(
     partition: u32,
     batch: &[u8],
     sealed: Instant,
+    order: OpenOrder,
 ) -> Result<Delivered, ProduceError> {
+    if let Some(before) = &order.after {
+        before.wait().await;
+    }
     let config = &shared.config;
     let delivery_timeout = Duration::from_millis(u64::from(config.delivery_timeout_ms));
     let deadline = sealed + delivery_timeout;
@@ -1239,10 +1322,22 @@ async fn deliver(
         let result = match shared.client.for_partition(topic, partition).await {
             // No answer comes: done once the node's QUIC stack has the bytes.
             Ok(leader) if config.acks == Acks::None => {
-                leader.send_only(header, batch).await.map(|()| None)
+                let stream = leader.open_request_stream().await;
+                order.opened.set();
+                match stream {
+                    Ok(stream) => leader
+                        .send_only_on(stream, header, batch)
+                        .await
+                        .map(|()| None),
+                    Err(e) => Err(e),
+                }
             }
             Ok(leader) => {
-                let request = leader.request(header, batch);
+                let request = async {
+                    let stream = leader.open_request_stream().await;
+                    order.opened.set();
+                    leader.request_on(stream?, header, batch).await
+                };
                 shared
                     .client
                     .unless_leader_moves(topic, partition, &leader, 0, request)

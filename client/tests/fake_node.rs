@@ -104,9 +104,15 @@ impl FakeNode {
                 let (state, shared) = (task_state.clone(), task_shared.clone());
                 smol::spawn(async move {
                     let Ok(conn) = incoming.await else { return };
+                    // As the real node does, produce requests are applied in the
+                    // order their streams were opened: each stream waits for the
+                    // one before it (closed channel = done) before appending.
+                    let (_, mut before) = smol::channel::bounded::<()>(1);
                     while let Ok((send, recv)) = conn.accept_bi().await {
                         let (state, shared) = (state.clone(), shared.clone());
-                        smol::spawn(serve_stream(state, shared, send, recv)).detach();
+                        let (done, next) = smol::channel::bounded::<()>(1);
+                        let order = (std::mem::replace(&mut before, next), done);
+                        smol::spawn(serve_stream(state, shared, send, recv, order)).detach();
                     }
                 })
                 .detach();
@@ -143,6 +149,7 @@ async fn serve_stream(
     shared: Arc<Counters>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    (before, done): (smol::channel::Receiver<()>, smol::channel::Sender<()>),
 ) {
     let Ok(frame) = recv.read_to_end(64 << 20).await else {
         return;
@@ -161,7 +168,20 @@ async fn serve_stream(
         return;
     };
     let payload = &frame[4 + len..];
-    let (answer, out_payload) = handle(&state, &shared, header.request.clone(), payload).await;
+    let answer = if matches!(header.request, Request::Produce { .. }) {
+        let _ = before.recv().await;
+        let answer = handle(&state, &shared, header.request.clone(), payload).await;
+        drop(done);
+        answer
+    } else {
+        smol::spawn(async move {
+            let _ = before.recv().await;
+            drop(done);
+        })
+        .detach();
+        handle(&state, &shared, header.request.clone(), payload).await
+    };
+    let (answer, out_payload) = answer;
     if let Request::Produce {
         acks: Acks::None, ..
     } = header.request

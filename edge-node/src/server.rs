@@ -31,6 +31,7 @@ use log::{debug, info, warn};
 use quinn::VarInt;
 use smol::Task;
 
+use crate::broker::order::{Sequencer, Turn};
 use crate::broker::{Broker, BrokerError, now_ms};
 use crate::config::NodeConfig;
 use crate::memory::{BUDGET_WAIT_MS_MAX, BudgetExhausted, ByteBudget, Reservation};
@@ -373,6 +374,8 @@ async fn serve_connection(incoming: quinn::Incoming, state: &Arc<State>) {
         remote,
         count: AtomicU32::new(0),
     });
+    let payload_hint = Arc::new(AtomicUsize::new(0));
+    let order = Sequencer::new();
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(streams) => streams,
@@ -385,6 +388,9 @@ async fn serve_connection(incoming: quinn::Incoming, state: &Arc<State>) {
         let task_state = state.clone();
         let conn = conn.clone();
         let problems = problems.clone();
+        let payload_hint = payload_hint.clone();
+        // Taken here, in the order the client opened the streams.
+        let turn = order.turn();
         state
             .rt
             .spawn(async move {
@@ -392,7 +398,16 @@ async fn serve_connection(incoming: quinn::Incoming, state: &Arc<State>) {
                     counter: &task_state.in_flight,
                     event: Some(&task_state.idle),
                 };
-                serve_stream(send, recv, &task_state, &conn, &problems).await;
+                serve_stream(
+                    send,
+                    recv,
+                    &task_state,
+                    &conn,
+                    &problems,
+                    &payload_hint,
+                    turn,
+                )
+                .await;
             })
             .detach();
     }
@@ -430,10 +445,17 @@ fn bad(code: ErrorCode, message: impl Into<String>, stop: bool) -> ReadProblem {
     }
 }
 
+/// Reads one request: its header, then its payload.
+///
+/// `payload_hint` is the size of the connection's last produce payload: a producer
+/// sends batches of much the same size, so the buffer starts at that size
+/// instead of growing by doubling (which copies the payload again at each
+/// step), and is told the size of this one.
 async fn read_request(
     recv: &mut quinn::RecvStream,
     max_request_bytes: u64,
     budget: &Arc<ByteBudget>,
+    payload_hint: &AtomicUsize,
 ) -> Result<(RequestHeader, Vec<u8>, Reservation), ReadProblem> {
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
     read_exact(recv, &mut prefix, "length prefix").await?;
@@ -475,6 +497,7 @@ async fn read_request(
         };
         bad(ErrorCode::InvalidRequest, message, true)
     })?;
+    let produce = matches!(header.request, Request::Produce { .. });
     let limit = match header.request {
         Request::Produce { .. } => max_request_bytes,
         Request::Raft { .. } => eddy_client::protocol::RAFT_PAYLOAD_BYTES_MAX,
@@ -517,14 +540,24 @@ async fn read_request(
             return Err(too_long());
         }
         if len > payload.capacity() {
-            // What `reserve` will allocate: at least double, as Vec grows.
+            // What `reserve` will allocate: the last payload's size at first,
+            // then at least double, as Vec grows.
+            let first = if payload.capacity() == 0 && produce {
+                payload_hint.load(Ordering::Relaxed)
+            } else {
+                0
+            };
             let capacity = len
                 .max(payload.capacity().saturating_mul(2))
+                .max(first)
                 .min(usize::try_from(limit).unwrap_or(usize::MAX));
             reservation.grow_to(capacity as u64, wait).await?;
             payload.reserve_exact(capacity - payload.len());
         }
         payload.extend_from_slice(&chunk);
+    }
+    if produce {
+        payload_hint.store(payload.len(), Ordering::Relaxed);
     }
     Ok((header, payload, reservation))
 }
@@ -554,8 +587,16 @@ async fn serve_stream(
     state: &State,
     conn: &quinn::Connection,
     problems: &Problems,
+    payload_hint: &AtomicUsize,
+    turn: Turn,
 ) {
-    let read = read_request(&mut recv, state.max_request_bytes, &state.request_budget).await;
+    let read = read_request(
+        &mut recv,
+        state.max_request_bytes,
+        &state.request_budget,
+        payload_hint,
+    )
+    .await;
     let (mut header, payload, _request_memory) = match read {
         Ok(request) => request,
         Err(ReadProblem::Gone(why)) => {
@@ -604,6 +645,8 @@ async fn serve_stream(
         }
     );
     let name = header.request.name();
+    // Only a produce keeps its place in the connection's order.
+    let turn = matches!(header.request, Request::Produce { .. }).then_some(turn);
     // A fetch answers with at most what it could reserve of the response
     // budget (and at most `fetch-max-bytes`), plus at most one batch when
     // the first batch is larger (Kafka's rule, so a consumer never stalls).
@@ -634,7 +677,7 @@ async fn serve_stream(
             }
         }
     }
-    let (response, payload) = dispatch(&state.broker, header.request, payload).await;
+    let (response, payload) = dispatch(&state.broker, header.request, payload, turn).await;
     if no_answer {
         if let ResponseHeader::Error(e) = &response {
             debug!(
@@ -694,10 +737,14 @@ async fn write_response(send: &mut quinn::SendStream, header: &ResponseHeader, p
 }
 
 /// Runs one request on the broker: the response header and its payload.
+///
+/// A produce with a `turn` is queued for its partition in that turn (see
+/// [`crate::broker::order`]).
 pub async fn dispatch(
     broker: &Arc<Broker>,
     request: Request,
     payload: Vec<u8>,
+    turn: Option<Turn>,
 ) -> (ResponseHeader, Vec<u8>) {
     let none = Vec::new;
     let result: Result<(Response, Vec<u8>), BrokerError> =
@@ -708,7 +755,7 @@ pub async fn dispatch(
                 acks,
                 timeout_ms,
             } => broker
-                .produce(&topic, partition, acks, timeout_ms, payload)
+                .produce_in_turn(&topic, partition, acks, timeout_ms, payload, turn)
                 .await
                 .map(|r| {
                     (

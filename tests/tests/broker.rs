@@ -120,6 +120,68 @@ fn produce_and_consume_with_keys_headers_and_compression() {
     assert!(status.success());
 }
 
+/// With several produce requests in flight on one connection (Kafka's default
+/// of 5), each partition's records land in the order they were sent, as over
+/// Kafka's single TCP connection: the client opens the streams of one
+/// partition's batches in order, and the node queues them in that order
+/// however long each takes to arrive and be checked.
+#[test]
+fn records_land_in_send_order_with_requests_in_flight() {
+    let dir = tmp();
+    let node = Node::start(&dir.path().join("data"), dir.path(), &[]);
+    let client = node.client();
+    smol::block_on(async {
+        let (topic, partitions, n) = ("ordered", 2u32, 6000u32);
+        client
+            .create_topic(topic, partitions, 1, vec![])
+            .await
+            .expect("create");
+        let p = Producer::new(
+            client.clone(),
+            ProducerConfig {
+                acks: Acks::Leader,
+                linger_ms: 0,
+                // Small batches of different sizes, many requests in flight.
+                batch_size: 4096,
+                max_in_flight_requests_per_connection: 5,
+                ..ProducerConfig::default()
+            },
+        )
+        .expect("producer");
+        let mut pending = Vec::new();
+        for i in 0..n {
+            let key = if i % 3 == 0 { "even" } else { "odd" };
+            let mut value = format!("{i:08}-").into_bytes();
+            value.resize(value.len() + (i as usize * 37) % 900, b'x');
+            let record = ProducerRecord::new(topic, value).with_key(key);
+            pending.push(p.send(record).await.expect("send"));
+        }
+        for f in pending {
+            f.await.expect("acknowledged");
+        }
+        p.close().await;
+        let records = consume_all(&client, topic, partitions, n as usize).await;
+        assert_eq!(records.len(), n as usize);
+        let mut last: BTreeMap<u32, u32> = BTreeMap::new();
+        for r in &records {
+            let value = r.value.as_deref().expect("value");
+            let i: u32 = std::str::from_utf8(&value[..8])
+                .expect("utf-8")
+                .parse()
+                .expect("sequence");
+            if let Some(before) = last.insert(r.partition, i) {
+                assert!(
+                    i > before,
+                    "partition {}: record {i} landed after record {before}",
+                    r.partition
+                );
+            }
+        }
+    });
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
+
 #[test]
 fn a_consumer_long_polls_until_records_arrive() {
     let dir = tmp();

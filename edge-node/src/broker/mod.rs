@@ -19,6 +19,7 @@ pub mod admin;
 pub mod group;
 pub mod maintenance;
 pub mod metadata;
+pub mod order;
 pub mod partition;
 pub mod plugin_admin;
 pub mod replica;
@@ -49,7 +50,8 @@ use crate::config::{ConfigError, NodeConfig};
 use crate::plugins::{Partitioned, PluginHost};
 use crate::runtime::RuntimeHandle;
 use metadata::{INTERNAL_PREFIX, MetadataError, MetadataStore, TopicState};
-use partition::{Appended, Partition};
+use order::Turn;
+use partition::{Appended, Partition, QueuedAppend};
 
 /// Longest a fetch may wait for `min_bytes` (longer requests are shortened).
 pub const FETCH_MAX_WAIT_MS_MAX: u32 = 60_000;
@@ -182,6 +184,13 @@ pub struct ProduceResult {
     pub partition: u32,
     /// Offset of the first record, log append time, log start offset.
     pub appended: Appended,
+}
+
+/// Batches queued for one partition's writer, not yet answered.
+struct Queued {
+    partition: Arc<Partition>,
+    index: u32,
+    queued: QueuedAppend,
 }
 
 /// The storage service of one node.
@@ -420,6 +429,22 @@ impl Broker {
         timeout_ms: u32,
         batches: Vec<u8>,
     ) -> Result<ProduceResult, BrokerError> {
+        self.produce_in_turn(topic, partition, acks, timeout_ms, batches, None)
+            .await
+    }
+
+    /// [`Broker::produce`] for a request that takes its `turn` among its
+    /// connection's requests: its batches are queued for the partition
+    /// writer only after every earlier request's (see [`order`]).
+    pub async fn produce_in_turn(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: Option<u32>,
+        acks: Acks,
+        timeout_ms: u32,
+        batches: Vec<u8>,
+        turn: Option<Turn>,
+    ) -> Result<ProduceResult, BrokerError> {
         self.check_running()?;
         if batches.len() as u64 > self.max_request_bytes {
             return Err(BrokerError::new(
@@ -464,11 +489,18 @@ impl Broker {
                 .await?
             {
                 Partitioned::Split(parts) => {
-                    let mut first = None;
+                    // Every part is queued in turn before any answer is awaited.
+                    let mut queued = Vec::with_capacity(parts.len());
                     for (index, part) in parts {
-                        let r = self
-                            .append_to(&t, topic, index, acks, timeout_ms, part)
-                            .await?;
+                        queued.push(
+                            self.queue_to(&t, topic, index, acks, part, turn.as_ref())
+                                .await?,
+                        );
+                    }
+                    drop(turn);
+                    let mut first = None;
+                    for q in queued {
+                        let r = self.answer(&t, topic, q, acks, timeout_ms).await?;
                         first.get_or_insert(r);
                     }
                     return first.ok_or_else(|| {
@@ -483,8 +515,11 @@ impl Broker {
             Some(p) => p,
             None => self.choose_partition(topic, &batches, count)?,
         };
-        self.append_to(&t, topic, index, acks, timeout_ms, batches)
-            .await
+        let queued = self
+            .queue_to(&t, topic, index, acks, batches, turn.as_ref())
+            .await?;
+        drop(turn);
+        self.answer(&t, topic, queued, acks, timeout_ms).await
     }
 
     /// Appends checked batches to one partition of `t`.
@@ -497,6 +532,21 @@ impl Broker {
         timeout_ms: u32,
         batches: Vec<u8>,
     ) -> Result<ProduceResult, BrokerError> {
+        let queued = self.queue_to(t, topic, index, acks, batches, None).await?;
+        self.answer(t, topic, queued, acks, timeout_ms).await
+    }
+
+    /// Checks `batches` for one partition of `t` and queues them for its
+    /// writer, once `turn` (if any) has come.
+    async fn queue_to(
+        &self,
+        t: &Arc<Topic>,
+        topic: &str,
+        index: u32,
+        acks: Acks,
+        batches: Vec<u8>,
+        turn: Option<&Turn>,
+    ) -> Result<Queued, BrokerError> {
         let p = t
             .partitions
             .get(index as usize)
@@ -504,7 +554,6 @@ impl Broker {
             .ok_or_else(|| unknown_partition(topic, index, t.partitions.len()))?;
         let max_message_bytes = t.log_config.max_message_bytes;
         let compression_type = t.log_config.compression_type;
-        let min_isr = t.log_config.min_insync_replicas;
         self.check_leader(&p)?;
         self.check_min_isr(&p, &t.log_config, acks)?;
         check_codecs(topic, index, &batches)?;
@@ -518,7 +567,35 @@ impl Broker {
             None => None,
         };
         let (batches, checked) = rewritten.unwrap_or((batches, checked));
-        let append = p.append(batches, checked);
+        if let Some(turn) = turn {
+            turn.wait().await;
+        }
+        let queued = p.queue_append(batches, checked).await?;
+        Ok(Queued {
+            partition: p,
+            index,
+            queued,
+        })
+    }
+
+    /// Waits for the writer's answer to a queued append and, with
+    /// `acks = All`, for the in-sync replicas; `timeout_ms` (if not 0)
+    /// bounds the wait for the writer.
+    async fn answer(
+        &self,
+        t: &Topic,
+        topic: &str,
+        queued: Queued,
+        acks: Acks,
+        timeout_ms: u32,
+    ) -> Result<ProduceResult, BrokerError> {
+        let Queued {
+            partition: p,
+            index,
+            queued,
+        } = queued;
+        let min_isr = t.log_config.min_insync_replicas;
+        let append = p.appended(queued);
         let result = if acks == Acks::All && timeout_ms > 0 {
             let timeout = async {
                 smol::Timer::after(Duration::from_millis(u64::from(timeout_ms))).await;

@@ -122,6 +122,12 @@ struct AppendRequest {
     reply: Reply,
 }
 
+/// An append in the writer's queue, waiting for its answer.
+#[derive(Debug)]
+pub struct QueuedAppend {
+    answer: async_channel::Receiver<Result<Appended, BrokerError>>,
+}
+
 /// One open partition.
 pub struct Partition {
     topic: String,
@@ -306,13 +312,14 @@ impl Partition {
     }
 
     /// Queues `batches`, already checked by
-    /// [`eddy_core::log::validate_produce`] (outside any lock), for the writer
-    /// and waits for its answer.
-    pub async fn append(
+    /// [`eddy_core::log::validate_produce`] (outside any lock), for the
+    /// writer: appends are written in the order they are queued. Returns what
+    /// [`Partition::appended`] waits on.
+    pub async fn queue_append(
         &self,
         batches: Vec<u8>,
         checked: Validated,
-    ) -> Result<Appended, BrokerError> {
+    ) -> Result<QueuedAppend, BrokerError> {
         let (reply, answer) = async_channel::bounded(1);
         self.queue
             .send(AppendRequest {
@@ -322,7 +329,12 @@ impl Partition {
             })
             .await
             .map_err(|_| self.closed_error())?;
-        match answer.recv().await {
+        Ok(QueuedAppend { answer })
+    }
+
+    /// The writer's answer to a queued append.
+    pub async fn appended(&self, queued: QueuedAppend) -> Result<Appended, BrokerError> {
+        match queued.answer.recv().await {
             Ok(result) => result,
             Err(_) => Err(BrokerError::new(
                 ErrorCode::UnknownServerError,
