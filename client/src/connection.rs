@@ -75,6 +75,29 @@ pub fn discover_mtu_up_to_max(transport: &mut quinn::TransportConfig) {
     transport.mtu_discovery_config(Some(mtu));
 }
 
+/// Socket buffer asked for in each direction (the kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`). Linux's default of 208 KiB holds about
+/// 30 full packets: a burst over that is dropped, and QUIC then waits for a
+/// probe timeout (tens of ms) before it resends, which is what the tail
+/// latency of a fast link is made of.
+pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Asks for [`SOCKET_BUFFER_BYTES`] of receive and send buffer on `socket`.
+/// A kernel that gives less (or refuses) leaves the socket as it was: the
+/// link still works, only bursts may be dropped and resent.
+pub fn widen_socket_buffers(socket: &UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    if let Err(e) = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
+        log::debug!("cannot widen the UDP receive buffer: {e}");
+    }
+    if let Err(e) = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES) {
+        log::debug!("cannot widen the UDP send buffer: {e}");
+    }
+    if let (Ok(recv), Ok(send)) = (sock.recv_buffer_size(), sock.send_buffer_size()) {
+        log::debug!("UDP socket buffers: {recv} bytes in, {send} out");
+    }
+}
+
 /// QUIC application error code sent when the client closes a connection on purpose.
 const CLOSE_CODE_NORMAL: u32 = 0;
 /// QUIC application error code sent when a request timed out on the connection.
@@ -490,6 +513,7 @@ impl Client {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
         let socket = UdpSocket::bind(bind).map_err(|e| ClientError::Io(Arc::new(e)))?;
+        widen_socket_buffers(&socket);
         let endpoint = quinn::Endpoint::new(
             endpoint_config(),
             None,

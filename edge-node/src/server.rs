@@ -191,6 +191,7 @@ impl Server {
                 addr: config.listen,
                 error,
             })?;
+        eddy_client::connection::widen_socket_buffers(&socket);
         let endpoint = quinn::Endpoint::new(
             eddy_client::connection::endpoint_config(),
             Some(server_config),
