@@ -2,7 +2,8 @@
 //!
 //! - `plugin_call/*`: one call of each plugin kind with a batch of 1000
 //!   records of 100 bytes, through the host API the broker uses (decode the
-//!   batch, cross into Wasm once, re-encode what changed); criterion reports
+//!   batch, cross into Wasm once, then copy records as encoded into the new
+//!   or split batches, encoding only rewritten fields); criterion reports
 //!   time per batch and records/s, so ns/record = time / 1000.
 //! - `produce/*`: the broker's whole produce path (in process, no network)
 //!   for the same batch, to a topic without and with an interceptor. Each
