@@ -586,12 +586,7 @@ impl Client {
         header: RequestHeader,
         payload: &[u8],
     ) -> Result<(Response, Vec<u8>), ClientError> {
-        let frame = encode_header(&header).map_err(|e| ClientError::Protocol {
-            server: self.inner.server(),
-            reason: format!("cannot encode the request: {e}"),
-        })?;
-        let name = header.request.name();
-        let timeout = self.timeout_for(&header.request);
+        let (frame, name, timeout) = self.prepare(&header)?;
         let resend_on_stale = !matches!(header.request, Request::Produce { .. });
         let (conn, fresh) = self.connection().await?;
         match self
@@ -606,6 +601,22 @@ impl Client {
             }
             other => other,
         }
+    }
+
+    /// A request's frame, name and timeout.
+    fn prepare(
+        &self,
+        header: &RequestHeader,
+    ) -> Result<(Vec<u8>, &'static str, Duration), ClientError> {
+        let frame = encode_header(header).map_err(|e| ClientError::Protocol {
+            server: self.inner.server(),
+            reason: format!("cannot encode the request: {e}"),
+        })?;
+        Ok((
+            frame,
+            header.request.name(),
+            self.timeout_for(&header.request),
+        ))
     }
 
     /// Opens the stream of a request that is written later, with
@@ -641,12 +652,7 @@ impl Client {
         header: RequestHeader,
         payload: &[u8],
     ) -> Result<(Response, Vec<u8>), ClientError> {
-        let frame = encode_header(&header).map_err(|e| ClientError::Protocol {
-            server: self.inner.server(),
-            reason: format!("cannot encode the request: {e}"),
-        })?;
-        let name = header.request.name();
-        let timeout = self.timeout_for(&header.request);
+        let (frame, name, timeout) = self.prepare(&header)?;
         let RequestStream { conn, send, recv } = stream;
         self.exchange_on(&conn, name, &frame, payload, timeout, Some((send, recv)))
             .await
@@ -672,12 +678,7 @@ impl Client {
         header: RequestHeader,
         payload: &[u8],
     ) -> Result<(), ClientError> {
-        let frame = encode_header(&header).map_err(|e| ClientError::Protocol {
-            server: self.inner.server(),
-            reason: format!("cannot encode the request: {e}"),
-        })?;
-        let name = header.request.name();
-        let timeout = self.timeout_for(&header.request);
+        let (frame, name, timeout) = self.prepare(&header)?;
         let RequestStream {
             conn,
             mut send,

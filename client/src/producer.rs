@@ -42,7 +42,7 @@ use eddy_core::batch::{BatchBuilder, BatchError, BatchOptions, Compression, Reco
 use event_listener::Event;
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 
-use crate::connection::{Client, ClientError, backoff_ms, with_timeout};
+use crate::connection::{Client, ClientError, RequestStream, backoff_ms, with_timeout};
 use crate::partition_for_key;
 use crate::protocol::{Acks, ErrorCode, PROTOCOL_VERSION, Request, RequestHeader, Response};
 
@@ -1247,6 +1247,16 @@ struct OpenOrder {
     opened: Arc<StreamOpened>,
 }
 
+impl OpenOrder {
+    /// Opens a request stream to `leader` and lets the next batch of the
+    /// partition open its own, whatever the outcome.
+    async fn open(&self, leader: &Client) -> Result<RequestStream, ClientError> {
+        let stream = leader.open_request_stream().await;
+        self.opened.set();
+        stream
+    }
+}
+
 impl Drop for OpenOrder {
     fn drop(&mut self) {
         self.opened.set();
@@ -1322,21 +1332,16 @@ async fn deliver(
         let result = match shared.client.for_partition(topic, partition).await {
             // No answer comes: done once the node's QUIC stack has the bytes.
             Ok(leader) if config.acks == Acks::None => {
-                let stream = leader.open_request_stream().await;
-                order.opened.set();
-                match stream {
-                    Ok(stream) => leader
-                        .send_only_on(stream, header, batch)
-                        .await
-                        .map(|()| None),
-                    Err(e) => Err(e),
-                }
+                let send = async {
+                    let stream = order.open(&leader).await?;
+                    leader.send_only_on(stream, header, batch).await
+                };
+                send.await.map(|()| None)
             }
             Ok(leader) => {
                 let request = async {
-                    let stream = leader.open_request_stream().await;
-                    order.opened.set();
-                    leader.request_on(stream?, header, batch).await
+                    let stream = order.open(&leader).await?;
+                    leader.request_on(stream, header, batch).await
                 };
                 shared
                     .client

@@ -296,31 +296,7 @@ impl BatchBuilder {
         attributes: i8,
         fields: &[u8],
     ) -> Result<(), BatchError> {
-        let offset_delta = self.tally.next_offset_delta()?;
-        let (offset_delta_i32, timestamp_delta) =
-            self.tally.check(&self.opts, offset_delta, timestamp)?;
-        let body =
-            (1 + varint::varlong_len(timestamp_delta) + varint::varint_len(offset_delta_i32))
-                .saturating_add(fields.len());
-        let body = i32::try_from(body).map_err(|_| BatchError::TooLarge {
-            what: "record",
-            actual: body as u64,
-            limit: i32::MAX as u64,
-        })?;
-        let total = body as usize + varint::varint_len(body);
-        let new_len = self.buf.len() as u64 + total as u64;
-        if new_len > BATCH_BYTES_MAX {
-            return Err(BatchError::TooLarge {
-                what: "batch",
-                actual: new_len,
-                limit: BATCH_BYTES_MAX,
-            });
-        }
-        self.buf.reserve(total);
-        varint::put_varint(&mut self.buf, body);
-        self.buf.push(attributes as u8);
-        varint::put_varlong(&mut self.buf, timestamp_delta);
-        varint::put_varint(&mut self.buf, offset_delta_i32);
+        let offset_delta = self.begin_record(timestamp, attributes, fields.len())?;
         self.buf.extend_from_slice(fields);
         self.tally.commit(offset_delta, timestamp);
         Ok(())
@@ -346,9 +322,6 @@ impl BatchBuilder {
     where
         H: Iterator<Item = (&'h str, Option<&'h [u8]>)> + Clone,
     {
-        let offset_delta = self.tally.next_offset_delta()?;
-        let (offset_delta_i32, timestamp_delta) =
-            self.tally.check(&self.opts, offset_delta, timestamp)?;
         let mut count = own_count as usize;
         let mut extra_len = 0usize;
         for (k, v) in extra.clone() {
@@ -362,18 +335,56 @@ impl BatchBuilder {
             actual: count as u64,
             limit: i32::MAX as u64,
         })?;
+        let rest = key_value
+            .len()
+            .saturating_add(varint::varint_len(count))
+            .saturating_add(own_headers.len())
+            .saturating_add(extra_len);
+        let offset_delta = self.begin_record(timestamp, attributes, rest)?;
+        self.buf.extend_from_slice(key_value);
+        varint::put_varint(&mut self.buf, count);
+        self.buf.extend_from_slice(own_headers);
+        for (k, v) in extra {
+            put_nullable(&mut self.buf, Some(k.as_bytes()));
+            put_nullable(&mut self.buf, v);
+        }
+        self.tally.commit(offset_delta, timestamp);
+        Ok(())
+    }
+
+    /// Starts the next record of a `push_encoded_*` call: checks its offset
+    /// delta and timestamp against the batch and the batch's size limit,
+    /// then writes the record's length, attributes and deltas for a body
+    /// whose other `rest` bytes the caller appends before committing the
+    /// returned offset delta. Nothing is written when a check fails.
+    fn begin_record(
+        &mut self,
+        timestamp: i64,
+        attributes: i8,
+        rest: usize,
+    ) -> Result<u32, BatchError> {
+        let offset_delta = self.tally.next_offset_delta()?;
+        let (offset_delta_i32, timestamp_delta) =
+            self.tally.check(&self.opts, offset_delta, timestamp)?;
         let body =
             (1 + varint::varlong_len(timestamp_delta) + varint::varint_len(offset_delta_i32))
-                .saturating_add(key_value.len())
-                .saturating_add(varint::varint_len(count))
-                .saturating_add(own_headers.len())
-                .saturating_add(extra_len);
+                .saturating_add(rest);
         let body = i32::try_from(body).map_err(|_| BatchError::TooLarge {
             what: "record",
             actual: body as u64,
             limit: i32::MAX as u64,
         })?;
         let total = body as usize + varint::varint_len(body);
+        self.make_room(total)?;
+        varint::put_varint(&mut self.buf, body);
+        self.buf.push(attributes as u8);
+        varint::put_varlong(&mut self.buf, timestamp_delta);
+        varint::put_varint(&mut self.buf, offset_delta_i32);
+        Ok(offset_delta)
+    }
+
+    /// Reserves `total` more bytes, refusing a batch over [`BATCH_BYTES_MAX`].
+    fn make_room(&mut self, total: usize) -> Result<(), BatchError> {
         let new_len = self.buf.len() as u64 + total as u64;
         if new_len > BATCH_BYTES_MAX {
             return Err(BatchError::TooLarge {
@@ -383,18 +394,6 @@ impl BatchBuilder {
             });
         }
         self.buf.reserve(total);
-        varint::put_varint(&mut self.buf, body);
-        self.buf.push(attributes as u8);
-        varint::put_varlong(&mut self.buf, timestamp_delta);
-        varint::put_varint(&mut self.buf, offset_delta_i32);
-        self.buf.extend_from_slice(key_value);
-        varint::put_varint(&mut self.buf, count);
-        self.buf.extend_from_slice(own_headers);
-        for (k, v) in extra {
-            put_nullable(&mut self.buf, Some(k.as_bytes()));
-            put_nullable(&mut self.buf, v);
-        }
-        self.tally.commit(offset_delta, timestamp);
         Ok(())
     }
 
@@ -421,15 +420,7 @@ impl BatchBuilder {
             headers,
         };
         let (body_len, total) = fields.encoded_len()?;
-        let new_len = self.buf.len() as u64 + total as u64;
-        if new_len > BATCH_BYTES_MAX {
-            return Err(BatchError::TooLarge {
-                what: "batch",
-                actual: new_len,
-                limit: BATCH_BYTES_MAX,
-            });
-        }
-        self.buf.reserve(total);
+        self.make_room(total)?;
         fields.write(&mut self.buf, body_len);
         self.tally.commit(offset_delta, timestamp);
         Ok(())
