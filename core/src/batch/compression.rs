@@ -148,11 +148,21 @@ pub fn decompress(
             flate2::read::MultiGzDecoder::new(data),
             decompressed_bytes_max,
         ),
-        Compression::Lz4 => read_bounded(
-            codec,
-            lz4_flex::frame::FrameDecoder::new(data),
-            decompressed_bytes_max,
-        ),
+        Compression::Lz4 => {
+            // lz4_flex takes a frame that stops at a block boundary, without
+            // its end mark, as complete: a batch cut short there would pass.
+            if !lz4_frame_is_whole(data) {
+                return Err(codec_error(codec)(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "lz4 frame cut short (no end mark)",
+                )));
+            }
+            read_bounded(
+                codec,
+                lz4_flex::frame::FrameDecoder::new(data),
+                decompressed_bytes_max,
+            )
+        }
         Compression::Zstd => {
             let mut dec =
                 zstd::stream::read::Decoder::with_buffer(data).map_err(codec_error(codec))?;
@@ -162,6 +172,56 @@ pub fn decompress(
         }
         Compression::Snappy => Err(BatchError::UnsupportedCompression(codec.name())),
     }
+}
+
+/// Whether `data` starts with a whole lz4 frame (the one the decoder reads):
+/// its header, then blocks up to an end mark, and the content checksum when
+/// the frame has one. Only the layout is walked; the decoder checks the
+/// contents.
+fn lz4_frame_is_whole(data: &[u8]) -> bool {
+    const MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
+    const FLAG_DICT_ID: u8 = 0x01;
+    const FLAG_CONTENT_CHECKSUM: u8 = 0x04;
+    const FLAG_CONTENT_SIZE: u8 = 0x08;
+    const FLAG_BLOCK_CHECKSUM: u8 = 0x10;
+    let (Some(&MAGIC), Some(&flags)) = (data.first_chunk::<4>(), data.get(4)) else {
+        return false;
+    };
+    // Magic, FLG, BD, optional content size and dictionary id, HC.
+    let mut at = 4 + 2 + 1;
+    if flags & FLAG_CONTENT_SIZE != 0 {
+        at += 8;
+    }
+    if flags & FLAG_DICT_ID != 0 {
+        at += 4;
+    }
+    let block_checksum = if flags & FLAG_BLOCK_CHECKSUM != 0 {
+        4
+    } else {
+        0
+    };
+    loop {
+        let Some(block) = data.get(at..).and_then(|rest| rest.first_chunk::<4>()) else {
+            return false;
+        };
+        at += 4;
+        let block = u32::from_le_bytes(*block);
+        if block == 0 {
+            break;
+        }
+        let len = (block & 0x7fff_ffff) as usize;
+        match at
+            .checked_add(len)
+            .and_then(|a| a.checked_add(block_checksum))
+        {
+            Some(next) if next <= data.len() => at = next,
+            _ => return false,
+        }
+    }
+    if flags & FLAG_CONTENT_CHECKSUM != 0 {
+        at += 4;
+    }
+    at <= data.len()
 }
 
 /// The largest window a zstd frame may declare: enough for the output limit, never
@@ -273,6 +333,20 @@ mod tests {
             assert!(
                 matches!(e, BatchError::Compression { .. }),
                 "{codec:?}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_lz4_frame_cut_anywhere_is_refused() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let whole = compress(Compression::Lz4, &data).unwrap();
+        assert_eq!(decompress(Compression::Lz4, &whole, 1 << 20).unwrap(), data);
+        for keep in 0..whole.len() {
+            assert!(
+                decompress(Compression::Lz4, &whole[..keep], 1 << 20).is_err(),
+                "cut to {keep} of {} bytes",
+                whole.len()
             );
         }
     }
