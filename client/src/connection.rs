@@ -1062,6 +1062,18 @@ impl Client {
         }
     }
 
+    /// Enables a plugin that was disabled after repeated failures; returns
+    /// why it had been disabled (`None` if it was enabled already).
+    pub async fn plugin_enable(&self, name: &str) -> Result<Option<String>, ClientError> {
+        let request = Request::PluginEnable {
+            name: name.to_owned(),
+        };
+        match self.call(request).await? {
+            Response::PluginEnable { was_disabled } => Ok(was_disabled),
+            other => Err(self.unexpected("PluginEnable", &other)),
+        }
+    }
+
     /// Uninstalls a plugin (no topic may name it).
     pub async fn plugin_remove(&self, name: &str) -> Result<(), ClientError> {
         let request = Request::PluginRemove {

@@ -291,6 +291,12 @@ pub enum Request {
         /// Plugin name.
         name: String,
     },
+    /// Enable a plugin that was disabled after repeated failures (it is
+    /// reloaded from its stored component, with fresh statistics).
+    PluginEnable {
+        /// Plugin name.
+        name: String,
+    },
 }
 
 /// One offset in an [`Request::OffsetCommit`].
@@ -377,6 +383,7 @@ impl Request {
             Request::PluginAdd { .. } => "PluginAdd",
             Request::PluginList => "PluginList",
             Request::PluginRemove { .. } => "PluginRemove",
+            Request::PluginEnable { .. } => "PluginEnable",
         }
     }
 }
@@ -601,6 +608,11 @@ pub enum Response {
     },
     /// Plugin removed.
     PluginRemove,
+    /// Plugin enabled.
+    PluginEnable {
+        /// Why it had been disabled; `None` if it was enabled already.
+        was_disabled: Option<String>,
+    },
 }
 
 /// A node in [`Response::ClusterStatus`].

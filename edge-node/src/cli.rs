@@ -39,7 +39,7 @@ pub enum Command {
     Bench(crate::commands::bench::BenchArgs),
     /// Cluster tools: the shared CA, status, leader elections.
     Cluster(crate::commands::cluster::ClusterArgs),
-    /// Install, list or remove WebAssembly plugins.
+    /// Install, list, enable or remove WebAssembly plugins.
     Plugin(crate::commands::plugin::PluginArgs),
 }
 

@@ -933,6 +933,10 @@ pub async fn dispatch(
                 .plugin_remove(&name)
                 .await
                 .map(|()| (Response::PluginRemove, none())),
+            Request::PluginEnable { name } => broker
+                .plugin_enable(&name)
+                .await
+                .map(|was_disabled| (Response::PluginEnable { was_disabled }, none())),
             other => crate::cluster::dispatch(broker, other, payload).await,
         };
     match result {

@@ -153,10 +153,24 @@ impl EddyProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        EddyProcess::start_with_env(args, output_dir, &[])
+    }
+
+    /// Like [`EddyProcess::start`], with extra environment variables.
+    pub fn start_with_env<I, S>(
+        args: I,
+        output_dir: &Path,
+        envs: &[(&str, &str)],
+    ) -> io::Result<EddyProcess>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let stdout_path = output_dir.join("eddy.stdout");
         let stderr_path = output_dir.join("eddy.stderr");
         let child = Command::new(eddy_bin())
             .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_path)?)
@@ -259,6 +273,16 @@ impl Node {
     ///
     /// If it does not start listening in time (its log is in the message).
     pub fn start(data_dir: &Path, output_dir: &Path, extra: &[&str]) -> Node {
+        Node::start_with_env(data_dir, output_dir, extra, &[])
+    }
+
+    /// Like [`Node::start`], with extra environment variables for the node.
+    pub fn start_with_env(
+        data_dir: &Path,
+        output_dir: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Node {
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--data-dir".into(),
@@ -267,7 +291,7 @@ impl Node {
             "127.0.0.1:0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let process = EddyProcess::start(&args, output_dir).expect("start eddy");
+        let process = EddyProcess::start_with_env(&args, output_dir, envs).expect("start eddy");
         let mut addr = None;
         let started = wait_until(NODE_START_TIMEOUT, || {
             addr = listening_addr(&process.stderr());

@@ -525,11 +525,12 @@ fn misbehaving_plugins_fail_only_their_calls_then_are_disabled() {
             ("hog", vec![("mode", "oom")], "memory-limit-mb"),
             (
                 "snoop",
+                // No `wasi.dirs` grant: the file is out of its reach.
                 vec![
                     ("mode", "read-file"),
                     ("path", secret.to_str().expect("utf-8")),
                 ],
-                "no file system",
+                "cannot read",
             ),
         ];
         client
@@ -801,6 +802,101 @@ fn cli_installs_lists_and_removes_plugins_and_they_survive_a_restart() {
         0,
         "the component is removed with the plugin"
     );
+    client_close(client);
+    node.stop();
+}
+
+#[test]
+fn a_disabled_plugin_stays_disabled_across_a_restart_until_enabled() {
+    let dir = tmp();
+    let data = dir.path().join("data");
+    let flags = [
+        "--plugin-failures-before-disable",
+        "3",
+        "--plugin-call-timeout-ms",
+        "10000",
+    ];
+    let node = Node::start(&data, dir.path(), &flags);
+    let client = node.client();
+    smol::block_on(async {
+        add(&client, "trapper", "misbehave", &[("mode", "trap")]).await;
+        client
+            .create_topic("guarded", 1, 1, kv(&[("interceptor.plugins", "trapper")]))
+            .await
+            .expect("create");
+        for _ in 0..3 {
+            let err = raw_produce(&client, "guarded", Some(0), &[(None, "r")])
+                .await
+                .expect_err("the plugin traps");
+            assert_eq!(err.code(), Some(ErrorCode::PluginFailed), "{err}");
+        }
+        let info = plugin(&client, "trapper").await;
+        assert!(
+            info.status.starts_with("disabled: 3 failures in a row"),
+            "{info:?}"
+        );
+    });
+    client_close(client);
+    let (status, log) = node.stop();
+    assert!(status.success(), "{log}");
+
+    // After a restart: still disabled, with its reason, and the topic
+    // still uses the built-in behaviour (no interception).
+    let node = Node::start(&data, dir.path(), &flags);
+    let (ok, out, err) = cli(&node, &["plugin", "list"]);
+    assert!(ok, "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("trapper"))
+        .unwrap_or_else(|| panic!("trapper listed: {out}"));
+    assert!(row.contains("disabled: 3 failures in a row"), "{out}");
+    assert!(row.contains("trapped"), "the reason is kept: {out}");
+    let client = node.client();
+    smol::block_on(async {
+        raw_produce(&client, "guarded", Some(0), &[(None, "while-disabled")])
+            .await
+            .expect("built-in behaviour while disabled");
+        let got = consume(&client, "guarded", 1, 1).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(text(&got[0].value), "while-disabled");
+        assert_eq!(plugin(&client, "trapper").await.calls, 0, "never called");
+    });
+    assert!(
+        node.process
+            .stderr()
+            .contains("plugin trapper: interceptor loaded but DISABLED"),
+        "{}",
+        node.process.stderr()
+    );
+
+    // `plugin enable` puts it back to work: the (still trapping) plugin is
+    // called again.
+    let (ok, out, err) = cli(&node, &["plugin", "enable", "trapper"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("enabled plugin trapper (it was disabled: 3 failures in a row"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&node, &["plugin", "enable", "trapper"]);
+    assert!(ok && out.contains("already enabled"), "{out}");
+    smol::block_on(async {
+        assert_eq!(plugin(&client, "trapper").await.status, "enabled");
+        let err = raw_produce(&client, "guarded", Some(0), &[(None, "r")])
+            .await
+            .expect_err("enabled again: the plugin runs and traps");
+        assert_eq!(err.code(), Some(ErrorCode::PluginFailed), "{err}");
+        let err = client.plugin_enable("nope").await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::PluginNotFound), "{err}");
+    });
+    client_close(client);
+    node.stop();
+
+    // Enabled is what a restart keeps too.
+    let node = Node::start(&data, dir.path(), &flags);
+    let client = node.client();
+    smol::block_on(async {
+        assert_eq!(plugin(&client, "trapper").await.status, "enabled");
+    });
     client_close(client);
     node.stop();
 }

@@ -1,4 +1,4 @@
-//! Plugin administration on the broker: install, list, remove, and the
+//! Plugin administration on the broker: install, list, enable, remove, and the
 //! checks that tie plugins to topic configs (`partitioner.plugin`,
 //! `interceptor.plugins`, `retention.plugin`).
 
@@ -69,6 +69,16 @@ impl Broker {
     /// Every plugin with its status, statistics and the topics using it.
     pub fn plugin_list(&self) -> Vec<PluginInfo> {
         self.plugins.list(|name| self.topics_using_plugin(name))
+    }
+
+    /// Enables a plugin that was disabled after repeated failures (or failed
+    /// to load); returns why it had been disabled.
+    pub async fn plugin_enable(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<Option<String>, BrokerError> {
+        self.check_running()?;
+        self.plugins.enable(name).await
     }
 
     /// Uninstalls a plugin no topic names.

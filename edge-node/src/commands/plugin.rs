@@ -1,5 +1,5 @@
-//! `eddy plugin add|list|remove`: install, inspect and remove WebAssembly
-//! plugins on a node.
+//! `eddy plugin add|list|enable|remove`: install, inspect, re-enable and
+//! remove WebAssembly plugins on a node.
 
 use std::path::PathBuf;
 
@@ -33,6 +33,10 @@ pub enum PluginCommand {
         #[arg(long, value_name = "FILE")]
         wasm: PathBuf,
         /// A config value for the plugin, e.g. `field=device_id`; repeatable.
+        /// Reserved keys grant WASI access: `wasi.env=NAME,...` (variables
+        /// of the node's environment), `wasi.dirs=HOST[:GUEST],...`
+        /// (read-only directories), `wasi.dirs.rw=...` (read-write),
+        /// `wasi.network=IP:PORT,...` (the only socket addresses it may use).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_name_value)]
         configs: Vec<(String, String)>,
     },
@@ -41,6 +45,12 @@ pub enum PluginCommand {
         /// Also show each plugin's hash, size, config and topics.
         #[arg(long)]
         verbose: bool,
+    },
+    /// Enable a plugin that was disabled after repeated failures (it stays
+    /// disabled across restarts until this, or a new `plugin add`).
+    Enable {
+        /// Plugin name.
+        name: String,
     },
     /// Remove a plugin (no topic may name it).
     Remove {
@@ -98,6 +108,12 @@ async fn run_with(client: &Client, command: &PluginCommand) -> anyhow::Result<()
                 return Ok(());
             }
             print!("{}", list_text(&plugins, *verbose));
+        }
+        PluginCommand::Enable { name } => {
+            match client.plugin_enable(name).await.map_err(explain)? {
+                Some(was) => println!("enabled plugin {name} (it was disabled: {was})"),
+                None => println!("plugin {name} is already enabled"),
+            }
         }
         PluginCommand::Remove { name } => {
             client.plugin_remove(name).await.map_err(explain)?;

@@ -43,6 +43,11 @@ impl PluginHost {
     }
 
     /// Refused.
+    pub async fn enable(self: &Arc<Self>, _name: &str) -> Result<Option<String>, BrokerError> {
+        Err(refused())
+    }
+
+    /// Refused.
     pub async fn remove(&self, _name: &str) -> Result<(), BrokerError> {
         Err(refused())
     }

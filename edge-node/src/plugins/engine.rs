@@ -10,12 +10,17 @@ use std::time::{Duration, Instant};
 
 use eddy_client::protocol::{ErrorCode, PluginInfo};
 use log::{info, warn};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{
+    Component, HasSelf, Linker, LinkerInstance, ResourceTable, ResourceType,
+};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Strategy, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::records::{self, Flat};
-use super::registry::{self, Entry, Layout};
+use super::registry::{self, Disabled, Entry, Layout};
 use super::stats::Stats;
+use super::wasi::Grants;
 use super::{EPOCH_TICK_MS, Intercepted, Partitioned, PluginKind, Rejection, RetentionInput};
 use crate::broker::{BrokerError, now_ms};
 use crate::config::{PluginEngine, PluginsConfig};
@@ -80,12 +85,23 @@ const FAILURE_TEXT_BYTES_MAX: usize = 600;
 /// Rejection reasons quoted in a produce error.
 const REJECTIONS_QUOTED_MAX: usize = 3;
 
-/// What a plugin's store holds: its limits and what the `host` interface
-/// gives it.
+/// What a plugin's store holds: its limits, what the `host` interface
+/// gives it, and its WASI context (only what its config grants).
 pub struct HostState {
     limits: StoreLimits,
     plugin: Arc<str>,
     config: Arc<Vec<(String, String)>>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
 }
 
 impl bindings::types::Host for HostState {}
@@ -174,6 +190,8 @@ struct Slot {
     name: Arc<str>,
     entry: Entry,
     config: Arc<Vec<(String, String)>>,
+    /// What of the host it may reach (WASI).
+    grants: Arc<Grants>,
     /// The instantiable code, or why it could not be loaded.
     pre: Result<Pre, String>,
     idle: Mutex<Vec<Inst>>,
@@ -237,6 +255,9 @@ pub struct PluginHost {
     slots: RwLock<BTreeMap<String, Arc<Slot>>>,
     /// Serializes registry changes.
     admin: smol::lock::Mutex<()>,
+    /// Held while the registry file is read, changed and written (admin
+    /// requests, and a call that disables its plugin).
+    registry_file: Arc<Mutex<()>>,
     _ticker: Ticker,
 }
 
@@ -339,6 +360,7 @@ impl PluginHost {
             layout,
             slots: RwLock::new(BTreeMap::new()),
             admin: smol::lock::Mutex::new(()),
+            registry_file: Arc::new(Mutex::new(())),
             _ticker: ticker,
         };
         let mut slots = BTreeMap::new();
@@ -346,6 +368,14 @@ impl PluginHost {
             let started = Instant::now();
             let slot = host.load(&name, entry);
             match &slot.pre {
+                Ok(_) if let Some(d) = &slot.entry.disabled => warn!(
+                    "plugin {name}: {} loaded but DISABLED since {} ms ({}); topics using it \
+                     fall back to the built-in behaviour; run `eddy plugin enable {name}` \
+                     to enable it again",
+                    slot.entry.kind.name(),
+                    d.since_ms,
+                    d.reason
+                ),
                 Ok(_) => info!(
                     "plugin {name}: {} loaded in {} ms",
                     slot.entry.kind.name(),
@@ -414,12 +444,14 @@ impl PluginHost {
             >(&mut linker, |s| s),
         };
         linked.map_err(|e| format!("cannot link the host interface: {}", error_text(&e)))?;
-        self.link_insecure_seed(&mut linker, component)?;
-        // No WASI: whatever else the component imports (std's file system,
-        // clocks, stdio...) traps when called.
-        linker
-            .define_unknown_imports_as_traps(component)
-            .map_err(|e| error_text(&e))?;
+        // WASI 0.2 (synchronous bindings): each store's context holds only
+        // what the plugin's config grants (see `wasi`), so an ungranted
+        // file, variable or socket is an error inside the plugin.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| format!("cannot link WASI: {}", error_text(&e)))?;
+        // Whatever else the component imports traps when called.
+        self.stub_unprovided_imports(&mut linker, component)
+            .map_err(|e| format!("cannot link the component: {}", error_text(&e)))?;
         let pre = linker
             .instantiate_pre(component)
             .map_err(|e| format!("cannot link the component: {}", error_text(&e)))?;
@@ -443,60 +475,99 @@ impl PluginHost {
         })
     }
 
-    /// Provides `wasi:random/insecure-seed` (any version the component
-    /// imports): Rust's `HashMap` asks it for its hash keys. It reveals
-    /// nothing about the host; every other WASI import still traps.
-    fn link_insecure_seed(
+    /// Defines every import of `component` that neither the `eddy:plugin`
+    /// worlds nor WASI 0.2 provide as a function that traps when called, so
+    /// a component that imports more than it uses still loads.
+    /// (`Linker::define_unknown_imports_as_traps` would also stub WASI
+    /// interfaces imported at another 0.2.x version than wasmtime-wasi
+    /// defines, shadowing their semver-compatible definitions.)
+    fn stub_unprovided_imports(
         &self,
         linker: &mut Linker<HostState>,
         component: &Component,
-    ) -> Result<(), String> {
+    ) -> wasmtime::Result<()> {
+        fn stub(
+            engine: &Engine,
+            linker: &mut LinkerInstance<'_, HostState>,
+            name: &str,
+            path: &str,
+            item: ComponentItem,
+        ) -> wasmtime::Result<()> {
+            match item {
+                ComponentItem::ComponentFunc(_) => {
+                    let path = path.to_owned();
+                    linker.func_new(name, move |_, _, _, _| {
+                        wasmtime::bail!("unknown import: `{path}` has not been defined")
+                    })
+                }
+                ComponentItem::ComponentInstance(instance) => {
+                    let mut inner = linker.instance(name)?;
+                    for (export, item) in instance.exports(engine) {
+                        stub(
+                            engine,
+                            &mut inner,
+                            export,
+                            &format!("{path}#{export}"),
+                            item.ty,
+                        )?;
+                    }
+                    Ok(())
+                }
+                ComponentItem::Resource(_) => {
+                    linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(()))
+                }
+                ComponentItem::Type(_) => Ok(()),
+                ComponentItem::CoreFunc(_)
+                | ComponentItem::Module(_)
+                | ComponentItem::Component(_) => {
+                    wasmtime::bail!("import `{path}` is not a function, instance or type")
+                }
+            }
+        }
         let ty = component.component_type();
-        let names: Vec<String> = ty
-            .imports(&self.engine)
-            .map(|(name, _)| name.to_owned())
-            .filter(|name| name.starts_with("wasi:random/insecure-seed@"))
-            .collect();
-        for name in names {
-            let mut instance = linker
-                .instance(&name)
-                .map_err(|e| format!("cannot link {name}: {}", error_text(&e)))?;
-            instance
-                .func_wrap("insecure-seed", |_store, (): ()| {
-                    use std::hash::BuildHasher as _;
-                    let state = std::collections::hash_map::RandomState::new();
-                    Ok(((state.hash_one(1u8), state.hash_one(2u8)),))
-                })
-                .map_err(|e| format!("cannot link {name}: {}", error_text(&e)))?;
+        let mut root = linker.root();
+        for (name, item) in ty.imports(&self.engine) {
+            if !super::wasi::is_provided(name) {
+                stub(&self.engine, &mut root, name, name, item.ty)?;
+            }
         }
         Ok(())
     }
 
-    fn new_slot(&self, name: &str, entry: Entry, pre: Result<Pre, String>) -> Slot {
+    fn new_slot(&self, name: &str, entry: Entry, grants: Grants, pre: Result<Pre, String>) -> Slot {
         Slot {
             name: Arc::from(name),
             config: Arc::new(entry.config.clone()),
+            grants: Arc::new(grants),
+            disabled: Mutex::new(entry.disabled.as_ref().map(|d| d.reason.clone())),
             entry,
             pre,
             idle: Mutex::new(Vec::new()),
             permits: smol::lock::Semaphore::new(self.config.instances_per_plugin as usize),
             stats: Stats::new(),
-            disabled: Mutex::new(None),
         }
     }
 
-    /// Loads an installed plugin from its stored component.
+    /// Loads an installed plugin from its stored component. Its grants are
+    /// checked again: a granted directory that is gone leaves the plugin
+    /// listed as failed.
     fn load(&self, name: &str, entry: Entry) -> Slot {
-        let pre = std::fs::read(self.layout.wasm(&entry.sha256))
-            .map_err(|e| {
-                format!(
-                    "cannot read {}: {e}",
-                    self.layout.wasm(&entry.sha256).display()
-                )
-            })
-            .and_then(|wasm| self.component(&entry.sha256, &wasm))
-            .and_then(|c| self.prepare(&c, entry.kind));
-        self.new_slot(name, entry, pre)
+        let (grants, pre) = match Grants::from_config(&entry.config) {
+            Ok(grants) => {
+                let pre = std::fs::read(self.layout.wasm(&entry.sha256))
+                    .map_err(|e| {
+                        format!(
+                            "cannot read {}: {e}",
+                            self.layout.wasm(&entry.sha256).display()
+                        )
+                    })
+                    .and_then(|wasm| self.component(&entry.sha256, &wasm))
+                    .and_then(|c| self.prepare(&c, entry.kind));
+                (grants, pre)
+            }
+            Err(e) => (Grants::default(), Err(format!("bad grant: {e}"))),
+        };
+        self.new_slot(name, entry, grants, pre)
     }
 
     fn slot(&self, name: &str) -> Option<Arc<Slot>> {
@@ -543,6 +614,8 @@ impl PluginHost {
         let slot = smol::unblock(move || -> Result<Slot, BrokerError> {
             let bad = |m: String| BrokerError::new(ErrorCode::InvalidRequest, m);
             let storage = |m: String| BrokerError::new(ErrorCode::KafkaStorageError, m);
+            let grants = Grants::from_config(&config)
+                .map_err(|e| bad(format!("plugin {name_owned}: {e}; nothing was installed")))?;
             let sha256 = registry::sha256_hex(&wasm);
             let component = host.component(&sha256, &wasm).map_err(bad)?;
             let kind = kind_of(&host.engine, &component).map_err(bad)?;
@@ -563,10 +636,11 @@ impl PluginHost {
                 wasm_bytes: wasm.len() as u64,
                 config,
                 added_ms: now_ms(),
+                disabled: None,
             };
             // Instantiate once now, so a component that cannot even start is
             // refused here rather than failing every produce later.
-            let slot = host.new_slot(&name_owned, entry.clone(), Ok(pre));
+            let slot = host.new_slot(&name_owned, entry.clone(), grants, Ok(pre));
             let inst = host
                 .instantiate(&slot)
                 .map_err(|e| bad(format!("the plugin cannot start: {}", host.describe(&e))))?;
@@ -574,6 +648,7 @@ impl PluginHost {
             host.layout
                 .store_wasm(&sha256, &wasm)
                 .map_err(|e| storage(format!("cannot store the component: {e}; check the disk")))?;
+            let _file_lock = lock(&host.registry_file);
             let mut file = host.layout.load().map_err(storage)?;
             file.version = 1;
             file.plugins.insert(name_owned, entry);
@@ -607,9 +682,11 @@ impl PluginHost {
             return Err(not_found(name));
         }
         let layout = self.layout.clone();
+        let registry_file = self.registry_file.clone();
         let name_owned = name.to_owned();
         smol::unblock(move || -> Result<(), BrokerError> {
             let storage = |m: String| BrokerError::new(ErrorCode::KafkaStorageError, m);
+            let _file_lock = lock(&registry_file);
             let mut file = layout.load().map_err(storage)?;
             file.plugins.remove(&name_owned);
             layout.save(&file).map_err(|e| {
@@ -627,6 +704,101 @@ impl PluginHost {
             .remove(name);
         info!("plugin {name}: removed");
         Ok(())
+    }
+
+    /// Records in the registry that `slot` was disabled, so it stays
+    /// disabled across restarts; nothing is written when the plugin was
+    /// replaced or removed meanwhile. Runs on the calling (blocking) thread.
+    fn persist_disabled(&self, slot: &Slot, reason: String) {
+        let _file_lock = lock(&self.registry_file);
+        let saved = self.layout.load().and_then(|mut file| {
+            match file.plugins.get_mut(&*slot.name) {
+                Some(entry) if entry.same_version(&slot.entry) => {
+                    entry.disabled = Some(Disabled {
+                        reason,
+                        since_ms: now_ms(),
+                    });
+                }
+                _ => return Ok(()),
+            }
+            self.layout
+                .save(&file)
+                .map_err(|e| format!("cannot save the plugin registry: {e}"))
+        });
+        if let Err(e) = saved {
+            warn!(
+                "plugin {}: disabled, but {e}; it is enabled again if the node restarts",
+                slot.name
+            );
+        }
+    }
+
+    /// Enables plugin `name` again after it was disabled: reloads it from
+    /// its stored component (checking its grants again), starts one
+    /// instance, clears the disabled mark in the registry and swaps it in
+    /// with fresh statistics. Returns the reason it had been disabled
+    /// (`None` if it was enabled already: nothing changes then).
+    pub async fn enable(self: &Arc<Self>, name: &str) -> Result<Option<String>, BrokerError> {
+        let _admin = self.admin.lock().await;
+        let Some(old) = self.slot(name) else {
+            return Err(not_found(name));
+        };
+        let was = lock(&old.disabled).clone();
+        if was.is_none() && old.pre.is_ok() && old.entry.disabled.is_none() {
+            return Ok(None);
+        }
+        let host = self.clone();
+        let name_owned = name.to_owned();
+        let slot = smol::unblock(move || -> Result<Slot, BrokerError> {
+            let storage = |m: String| BrokerError::new(ErrorCode::KafkaStorageError, m);
+            let mut entry = old.entry.clone();
+            entry.disabled = None;
+            let slot = host.load(&name_owned, entry.clone());
+            if let Err(e) = &slot.pre {
+                return Err(BrokerError::new(
+                    ErrorCode::PluginNotFound,
+                    format!(
+                        "plugin {name_owned} cannot be loaded: {e}; fix that, or install it \
+                         again with `eddy plugin add {name_owned} --wasm FILE`"
+                    ),
+                ));
+            }
+            let inst = host.instantiate(&slot).map_err(|e| {
+                BrokerError::new(
+                    ErrorCode::PluginFailed,
+                    format!(
+                        "plugin {name_owned} cannot start: {}; it stays disabled",
+                        host.describe(&e)
+                    ),
+                )
+            })?;
+            lock(&slot.idle).push(inst);
+            let _file_lock = lock(&host.registry_file);
+            let mut file = host.layout.load().map_err(storage)?;
+            match file.plugins.get_mut(&name_owned) {
+                Some(stored) if stored.same_version(&old.entry) => stored.disabled = None,
+                _ => {
+                    return Err(BrokerError::new(
+                        ErrorCode::PluginNotFound,
+                        format!("plugin {name_owned} changed meanwhile; see `eddy plugin list`"),
+                    ));
+                }
+            }
+            host.layout.save(&file).map_err(|e| {
+                storage(format!(
+                    "cannot save the plugin registry: {e}; check the disk"
+                ))
+            })?;
+            Ok(slot)
+        })
+        .await?;
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), Arc::new(slot));
+        let was = was.unwrap_or_else(|| "it had failed to load".to_owned());
+        info!("plugin {name}: enabled again (it was disabled: {was})");
+        Ok(Some(was))
     }
 
     /// Every plugin with its status and statistics.
@@ -694,12 +866,18 @@ impl PluginHost {
             .table_elements(PLUGIN_TABLE_ELEMENTS_MAX)
             .trap_on_grow_failure(true)
             .build();
+        let wasi = slot
+            .grants
+            .context()
+            .map_err(|e| wasmtime::format_err!("{e}"))?;
         let mut store = Store::new(
             &self.engine,
             HostState {
                 limits,
                 plugin: slot.name.clone(),
                 config: slot.config.clone(),
+                wasi,
+                table: ResourceTable::new(),
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -767,8 +945,9 @@ impl PluginHost {
             );
         }
         let hint = if all.contains("unknown import") || all.contains("has not been defined") {
-            " (it called an import the node does not provide: plugins get no file system, \
-             network, environment or stdio)"
+            " (it called an import the node does not provide; plugins get WASI 0.2 only, and \
+             no file system, network or environment unless their config grants it with \
+             wasi.dirs, wasi.network or wasi.env)"
         } else {
             ""
         };
@@ -831,11 +1010,14 @@ impl PluginHost {
                         warn!(
                             "plugin {}: DISABLED after {in_a_row} failures in a row; topics \
                              using it fall back to the built-in behaviour; fix it and run \
-                             `eddy plugin add {} --wasm FILE` to enable it again",
-                            slot.name, slot.name
+                             `eddy plugin add {} --wasm FILE`, or run `eddy plugin enable {}`, \
+                             to enable it again",
+                            slot.name, slot.name, slot.name
                         );
-                        *disabled = Some(why);
+                        *disabled = Some(why.clone());
+                        drop(disabled);
                         lock(&slot.idle).clear();
+                        self.persist_disabled(slot, why);
                     }
                 }
                 Err(CallError::Failed(msg))

@@ -6,10 +6,14 @@
 //! components are compiled once (Cranelift, or Pulley on 32-bit ARM) and the
 //! machine code is cached under `<data-dir>/plugins/cache`; instances are
 //! kept between calls; every call is bounded (epoch deadline and optional
-//! fuel for CPU, a memory limit, no WASI at all: any import beyond the `host`
-//! interface traps). A call that fails counts against the plugin; after
-//! `failures-before-disable` failures in a row it is disabled and its topics
-//! fall back to the built-in behaviour.
+//! fuel for CPU, a memory limit). Plugins are linked against WASI 0.2, but
+//! reach no file, variable or socket of the host unless their config grants
+//! it (`wasi.env`, `wasi.dirs`, `wasi.dirs.rw`, `wasi.network`: see
+//! `wasi`). A call that fails counts against the plugin; after
+//! `failures-before-disable` failures in a row it is disabled (recorded in
+//! the registry, so it stays disabled across restarts until `eddy plugin
+//! enable` or a new `plugin add`) and its topics fall back to the built-in
+//! behaviour.
 //!
 //! Built without the `plugins` feature (no wasmtime), the same API refuses
 //! every plugin with a clear error.
@@ -22,6 +26,8 @@ mod records;
 mod registry;
 #[cfg(feature = "plugins")]
 mod stats;
+#[cfg(feature = "plugins")]
+pub mod wasi;
 
 #[cfg(feature = "plugins")]
 pub use engine::PluginHost;

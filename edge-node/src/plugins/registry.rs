@@ -1,6 +1,7 @@
 //! The installed plugins, on disk under `<data-dir>/plugins/`:
 //!
-//! - `registry.json`: name, kind, component hash and config of each plugin;
+//! - `registry.json`: name, kind, component hash and config of each plugin,
+//!   and whether (and why) it was disabled after repeated failures;
 //! - `wasm/<sha256>.wasm`: the components as installed;
 //! - `cache/<sha256>-<engine>.cwasm`: compiled code (see the engine).
 //!
@@ -28,6 +29,30 @@ pub struct Entry {
     pub wasm_bytes: u64,
     pub config: Vec<(String, String)>,
     pub added_ms: i64,
+    /// Set when the plugin was disabled after repeated failures; cleared by
+    /// `plugin enable` or a new `plugin add`. Absent in registries written
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<Disabled>,
+}
+
+impl Entry {
+    /// Whether `other` is the same installed version (ignoring whether it
+    /// is disabled).
+    pub fn same_version(&self, other: &Entry) -> bool {
+        self.kind == other.kind
+            && self.sha256 == other.sha256
+            && self.config == other.config
+            && self.added_ms == other.added_ms
+    }
+}
+
+/// Why and since when a plugin is disabled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disabled {
+    pub reason: String,
+    pub since_ms: i64,
 }
 
 /// The registry file's content.
@@ -181,10 +206,24 @@ mod tests {
                 wasm_bytes: 1,
                 config: vec![("k".into(), "v".into())],
                 added_ms: 5,
+                disabled: None,
             },
         );
         layout.save(&file).unwrap();
         assert_eq!(layout.load().unwrap(), file);
+        // Not disabled: the file has no `disabled` key, as before it existed.
+        let text = std::fs::read_to_string(layout.registry()).unwrap();
+        assert!(!text.contains("disabled"), "{text}");
+        let mut disabled = file.clone();
+        let entry = disabled.plugins.get_mut("p").unwrap();
+        entry.disabled = Some(Disabled {
+            reason: "3 failures in a row".into(),
+            since_ms: 9,
+        });
+        assert!(entry.same_version(&file.plugins["p"]));
+        layout.save(&disabled).unwrap();
+        assert_eq!(layout.load().unwrap(), disabled);
+        layout.save(&file).unwrap();
         layout.remove_unused(&file);
         assert!(layout.wasm(&a).is_file());
         assert!(!layout.wasm(&b).exists());

@@ -6,8 +6,17 @@
 //! - `trap`: panics (a Wasm trap);
 //! - `oom`: allocates without end;
 //! - `read-file`: tries to read the host file named by `path` (default
-//!   `/etc/hostname`) and, if that ever worked, rejects every record with the
-//!   file's contents as the reason.
+//!   `/etc/hostname`) and, if that works (only inside a directory granted
+//!   with `wasi.dirs`), rejects every record with the file's contents as the
+//!   reason;
+//! - `write-file`: writes `misbehave was here` to `path` and keeps every
+//!   record (works only inside a directory granted with `wasi.dirs.rw`);
+//! - `env`: tags every record with header `misbehave-env`: every variable
+//!   the plugin sees, as `NAME=value` sorted and joined by `;` (only those
+//!   granted with `wasi.env`);
+//! - `connect`: opens a TCP connection to `addr` (only one granted with
+//!   `wasi.network` works), sends `misbehave connected\n` and tags every
+//!   record with header `misbehave-net: connected`.
 //!
 //! `after` (default 0): behave (`ok`) for this many calls first.
 
@@ -19,6 +28,7 @@ pub struct Misbehave {
     mode: String,
     tag: Option<String>,
     path: String,
+    addr: String,
     after: u64,
     calls: u64,
 }
@@ -26,13 +36,25 @@ pub struct Misbehave {
 impl Interceptor for Misbehave {
     fn new(config: Config) -> Result<Self, String> {
         let mode = config.get("mode").unwrap_or("ok").to_owned();
-        if !["ok", "loop", "trap", "oom", "read-file"].contains(&mode.as_str()) {
+        if ![
+            "ok",
+            "loop",
+            "trap",
+            "oom",
+            "read-file",
+            "write-file",
+            "env",
+            "connect",
+        ]
+        .contains(&mode.as_str())
+        {
             return Err(format!("unknown mode {mode:?}"));
         }
         Ok(Misbehave {
             mode,
             tag: config.get("tag").map(str::to_owned),
             path: config.get("path").unwrap_or("/etc/hostname").to_owned(),
+            addr: config.get("addr").unwrap_or("127.0.0.1:1").to_owned(),
             after: config.parse_or("after", 0)?,
             calls: 0,
         })
@@ -74,6 +96,38 @@ impl Interceptor for Misbehave {
                 }
                 Err(e) => Err(format!("cannot read {}: {e}", self.path)),
             },
+            "write-file" => match std::fs::write(&self.path, "misbehave was here") {
+                Ok(()) => {
+                    for _ in records.iter() {
+                        out.keep();
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(format!("cannot write {}: {e}", self.path)),
+            },
+            "env" => {
+                let mut vars: Vec<String> =
+                    std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+                vars.sort();
+                let vars = vars.join(";");
+                for _ in records.iter() {
+                    out.rewrite().header("misbehave-env", Some(vars.as_bytes()));
+                }
+                Ok(())
+            }
+            "connect" => {
+                use std::io::Write as _;
+                let mut stream = std::net::TcpStream::connect(&self.addr)
+                    .map_err(|e| format!("cannot connect to {}: {e}", self.addr))?;
+                stream
+                    .write_all(b"misbehave connected\n")
+                    .map_err(|e| format!("cannot write to {}: {e}", self.addr))?;
+                for _ in records.iter() {
+                    out.rewrite()
+                        .header("misbehave-net", Some(&b"connected"[..]));
+                }
+                Ok(())
+            }
             _ => {
                 for _ in records.iter() {
                     match &self.tag {
