@@ -201,7 +201,7 @@ impl Partition {
             appended: Event::new(),
             fetcher: Mutex::new(None),
         });
-        let task = rt.spawn(Writer::new(partition.clone(), requests).run());
+        let task = rt.spawn_spread(Writer::new(partition.clone(), requests).run());
         *lock(&partition.writer) = Some(task);
         partition
     }
