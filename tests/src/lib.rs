@@ -266,6 +266,31 @@ pub struct Node {
 pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Node {
+    /// Runs `eddy ARGS --server ADDR --ca CA` against this node; returns
+    /// whether it exited 0, its stdout and its stderr.
+    ///
+    /// # Panics
+    ///
+    /// If `eddy` cannot be run or the data directory is not UTF-8.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let ca = self.data_dir.join("tls").join("ca.pem");
+        let out = std::process::Command::new(eddy_bin())
+            .args(args)
+            .args([
+                "--server",
+                &self.addr.to_string(),
+                "--ca",
+                ca.to_str().expect("utf-8 path"),
+            ])
+            .output()
+            .expect("run eddy");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Starts `eddy serve` on a free loopback port with `data_dir` and `extra` flags,
     /// and waits (bounded) for its `listening on ADDR` log line.
     ///

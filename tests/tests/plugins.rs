@@ -3,7 +3,6 @@
 //! real client.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use eddy_client::protocol::{
@@ -14,7 +13,7 @@ use eddy_client::{
     Producer, ProducerConfig, ProducerRecord, partition_for_key,
 };
 use eddy_core::batch::{BatchBuilder, BatchOptions};
-use eddy_tests::{Node, eddy_bin, plugin_wasm};
+use eddy_tests::{Node, plugin_wasm};
 
 /// Flags for nodes whose plugins behave: a generous call timeout, so a
 /// loaded test machine never stops a well-behaved call.
@@ -694,60 +693,32 @@ where
     false
 }
 
-fn cli(node: &Node, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(eddy_bin())
-        .args(args)
-        .args([
-            "--server",
-            &node.addr.to_string(),
-            "--ca",
-            node.data_dir
-                .join("tls")
-                .join("ca.pem")
-                .to_str()
-                .expect("utf-8"),
-        ])
-        .output()
-        .expect("run eddy");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn cli_installs_lists_and_removes_plugins_and_they_survive_a_restart() {
     let dir = tmp();
     let data = dir.path().join("data");
     let node = Node::start(&data, dir.path(), CALM);
     let wasm = plugin_wasm("enrich");
-    let (ok, out, err) = cli(
-        &node,
-        &[
-            "plugin",
-            "add",
-            "enrich",
-            "--wasm",
-            wasm.to_str().expect("utf-8"),
-            "--config",
-            "gateway-id=gw-1",
-        ],
-    );
+    let (ok, out, err) = node.cli(&[
+        "plugin",
+        "add",
+        "enrich",
+        "--wasm",
+        wasm.to_str().expect("utf-8"),
+        "--config",
+        "gateway-id=gw-1",
+    ]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("installed interceptor plugin enrich"), "{out}");
-    let (ok, out, err) = cli(
-        &node,
-        &[
-            "topic",
-            "create",
-            "t",
-            "--config",
-            "interceptor.plugins=enrich",
-        ],
-    );
+    let (ok, out, err) = node.cli(&[
+        "topic",
+        "create",
+        "t",
+        "--config",
+        "interceptor.plugins=enrich",
+    ]);
     assert!(ok, "{out}{err}");
-    let (ok, _, err) = cli(&node, &["plugin", "remove", "enrich"]);
+    let (ok, _, err) = node.cli(&["plugin", "remove", "enrich"]);
     assert!(!ok);
     assert!(err.contains("used by topic(s) t"), "{err}");
     let (_, log) = node.stop();
@@ -769,7 +740,7 @@ fn cli_installs_lists_and_removes_plugins_and_they_survive_a_restart() {
         let got = consume(&client, "t", 1, 1).await;
         assert_eq!(header(&got[0], "gateway-id"), Some(&b"gw-1"[..]), "{log}");
     });
-    let (ok, out, err) = cli(&node, &["plugin", "list"]);
+    let (ok, out, err) = node.cli(&["plugin", "list"]);
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -791,9 +762,9 @@ fn cli_installs_lists_and_removes_plugins_and_they_survive_a_restart() {
             .await
             .expect("alter");
     });
-    let (ok, out, err) = cli(&node, &["plugin", "remove", "enrich"]);
+    let (ok, out, err) = node.cli(&["plugin", "remove", "enrich"]);
     assert!(ok, "{out}{err}");
-    let (ok, out, _) = cli(&node, &["plugin", "list"]);
+    let (ok, out, _) = node.cli(&["plugin", "list"]);
     assert!(ok && out.contains("no plugins installed"), "{out}");
     assert_eq!(
         std::fs::read_dir(data.join("plugins").join("wasm"))
@@ -843,7 +814,7 @@ fn a_disabled_plugin_stays_disabled_across_a_restart_until_enabled() {
     // After a restart: still disabled, with its reason, and the topic
     // still uses the built-in behaviour (no interception).
     let node = Node::start(&data, dir.path(), &flags);
-    let (ok, out, err) = cli(&node, &["plugin", "list"]);
+    let (ok, out, err) = node.cli(&["plugin", "list"]);
     assert!(ok, "{err}");
     let row = out
         .lines()
@@ -871,13 +842,13 @@ fn a_disabled_plugin_stays_disabled_across_a_restart_until_enabled() {
 
     // `plugin enable` puts it back to work: the (still trapping) plugin is
     // called again.
-    let (ok, out, err) = cli(&node, &["plugin", "enable", "trapper"]);
+    let (ok, out, err) = node.cli(&["plugin", "enable", "trapper"]);
     assert!(ok, "{out}{err}");
     assert!(
         out.contains("enabled plugin trapper (it was disabled: 3 failures in a row"),
         "{out}"
     );
-    let (ok, out, _) = cli(&node, &["plugin", "enable", "trapper"]);
+    let (ok, out, _) = node.cli(&["plugin", "enable", "trapper"]);
     assert!(ok && out.contains("already enabled"), "{out}");
     smol::block_on(async {
         assert_eq!(plugin(&client, "trapper").await.status, "enabled");

@@ -5,7 +5,6 @@
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use eddy_client::protocol::{Acks, ErrorCode, PROTOCOL_VERSION, Request, RequestHeader, Response};
 use eddy_client::{Client, ClientError, Consumer, ConsumerConfig, ConsumerRecord};
 use eddy_core::batch::{BatchBuilder, BatchOptions};
-use eddy_tests::{Node, eddy_bin, plugin_wasm};
+use eddy_tests::{Node, plugin_wasm};
 
 /// Generous call timeout and no disabling: every case below may fail its
 /// calls as often as it likes.
@@ -338,24 +337,6 @@ fn a_network_grant_allows_only_its_socket_addresses() {
     );
 }
 
-fn cli(node: &Node, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(eddy_bin())
-        .args(args)
-        .args([
-            "--server",
-            &node.addr.to_string(),
-            "--ca",
-            path_str(&node.data_dir.join("tls").join("ca.pem")),
-        ])
-        .output()
-        .expect("run eddy");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn plugin_add_refuses_a_bad_grant_and_installs_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -370,23 +351,20 @@ fn plugin_add_refuses_a_bad_grant_and_installs_nothing() {
         ("wasi.network=127.0.0.1", "is not IP:PORT"),
         ("wasi.dir=/tmp", "unknown grant"),
     ] {
-        let (ok, out, err) = cli(
-            &node,
-            &[
-                "plugin",
-                "add",
-                "bad",
-                "--wasm",
-                path_str(&wasm),
-                "--config",
-                grant,
-            ],
-        );
+        let (ok, out, err) = node.cli(&[
+            "plugin",
+            "add",
+            "bad",
+            "--wasm",
+            path_str(&wasm),
+            "--config",
+            grant,
+        ]);
         assert!(!ok, "{grant}: {out}");
         assert!(err.contains(want), "{grant}: {err}");
         assert!(err.contains("nothing was installed"), "{grant}: {err}");
     }
-    let (ok, out, err) = cli(&node, &["plugin", "list"]);
+    let (ok, out, err) = node.cli(&["plugin", "list"]);
     assert!(ok, "{err}");
     assert!(out.contains("no plugins installed"), "{out}");
     node.stop();

@@ -18,7 +18,7 @@ use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Strategy,
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::records::{self, Flat};
-use super::registry::{self, Disabled, Entry, Layout};
+use super::registry::{self, Disabled, Entry, Layout, RegistryFile};
 use super::stats::Stats;
 use super::wasi::Grants;
 use super::{EPOCH_TICK_MS, Intercepted, Partitioned, PluginKind, Rejection, RetentionInput};
@@ -648,14 +648,10 @@ impl PluginHost {
             host.layout
                 .store_wasm(&sha256, &wasm)
                 .map_err(|e| storage(format!("cannot store the component: {e}; check the disk")))?;
-            let _file_lock = lock(&host.registry_file);
-            let mut file = host.layout.load().map_err(storage)?;
-            file.version = 1;
-            file.plugins.insert(name_owned, entry);
-            host.layout.save(&file).map_err(|e| {
-                storage(format!(
-                    "cannot save the plugin registry: {e}; check the disk"
-                ))
+            let file = edit_registry(&host.layout, &host.registry_file, |file| {
+                file.version = 1;
+                file.plugins.insert(name_owned, entry);
+                Ok(true)
             })?;
             host.layout.remove_unused(&file);
             Ok(slot)
@@ -685,14 +681,9 @@ impl PluginHost {
         let registry_file = self.registry_file.clone();
         let name_owned = name.to_owned();
         smol::unblock(move || -> Result<(), BrokerError> {
-            let storage = |m: String| BrokerError::new(ErrorCode::KafkaStorageError, m);
-            let _file_lock = lock(&registry_file);
-            let mut file = layout.load().map_err(storage)?;
-            file.plugins.remove(&name_owned);
-            layout.save(&file).map_err(|e| {
-                storage(format!(
-                    "cannot save the plugin registry: {e}; check the disk"
-                ))
+            let file = edit_registry(&layout, &registry_file, |file| {
+                file.plugins.remove(&name_owned);
+                Ok(true)
             })?;
             layout.remove_unused(&file);
             Ok(())
@@ -710,25 +701,22 @@ impl PluginHost {
     /// disabled across restarts; nothing is written when the plugin was
     /// replaced or removed meanwhile. Runs on the calling (blocking) thread.
     fn persist_disabled(&self, slot: &Slot, reason: String) {
-        let _file_lock = lock(&self.registry_file);
-        let saved = self.layout.load().and_then(|mut file| {
-            match file.plugins.get_mut(&*slot.name) {
+        let saved = edit_registry(&self.layout, &self.registry_file, |file| {
+            Ok(match file.plugins.get_mut(&*slot.name) {
                 Some(entry) if entry.same_version(&slot.entry) => {
                     entry.disabled = Some(Disabled {
                         reason,
                         since_ms: now_ms(),
                     });
+                    true
                 }
-                _ => return Ok(()),
-            }
-            self.layout
-                .save(&file)
-                .map_err(|e| format!("cannot save the plugin registry: {e}"))
+                _ => false,
+            })
         });
         if let Err(e) = saved {
             warn!(
-                "plugin {}: disabled, but {e}; it is enabled again if the node restarts",
-                slot.name
+                "plugin {}: disabled, but {}; it is enabled again if the node restarts",
+                slot.name, e.message
             );
         }
     }
@@ -750,10 +738,9 @@ impl PluginHost {
         let host = self.clone();
         let name_owned = name.to_owned();
         let slot = smol::unblock(move || -> Result<Slot, BrokerError> {
-            let storage = |m: String| BrokerError::new(ErrorCode::KafkaStorageError, m);
             let mut entry = old.entry.clone();
             entry.disabled = None;
-            let slot = host.load(&name_owned, entry.clone());
+            let slot = host.load(&name_owned, entry);
             if let Err(e) = &slot.pre {
                 return Err(BrokerError::new(
                     ErrorCode::PluginNotFound,
@@ -773,21 +760,17 @@ impl PluginHost {
                 )
             })?;
             lock(&slot.idle).push(inst);
-            let _file_lock = lock(&host.registry_file);
-            let mut file = host.layout.load().map_err(storage)?;
-            match file.plugins.get_mut(&name_owned) {
-                Some(stored) if stored.same_version(&old.entry) => stored.disabled = None,
-                _ => {
-                    return Err(BrokerError::new(
+            edit_registry(&host.layout, &host.registry_file, |file| {
+                match file.plugins.get_mut(&name_owned) {
+                    Some(stored) if stored.same_version(&old.entry) => {
+                        stored.disabled = None;
+                        Ok(true)
+                    }
+                    _ => Err(BrokerError::new(
                         ErrorCode::PluginNotFound,
                         format!("plugin {name_owned} changed meanwhile; see `eddy plugin list`"),
-                    ));
+                    )),
                 }
-            }
-            host.layout.save(&file).map_err(|e| {
-                storage(format!(
-                    "cannot save the plugin registry: {e}; check the disk"
-                ))
             })?;
             Ok(slot)
         })
@@ -1574,6 +1557,27 @@ fn chain_text(e: &wasmtime::Error) -> String {
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
         .join(" | ")
+}
+
+/// Reads the plugin registry, lets `change` edit it and writes it back
+/// (unless `change` returns `false`), all under `registry_file`, so admin
+/// requests and a call that disables its plugin never lose each other's edit.
+fn edit_registry(
+    layout: &Layout,
+    registry_file: &Mutex<()>,
+    change: impl FnOnce(&mut RegistryFile) -> Result<bool, BrokerError>,
+) -> Result<RegistryFile, BrokerError> {
+    let storage = |m: String| BrokerError::new(ErrorCode::KafkaStorageError, m);
+    let _file_lock = lock(registry_file);
+    let mut file = layout.load().map_err(storage)?;
+    if change(&mut file)? {
+        layout.save(&file).map_err(|e| {
+            storage(format!(
+                "cannot save the plugin registry: {e}; check the disk"
+            ))
+        })?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
