@@ -1,7 +1,7 @@
 //! The QUIC connection to a node: one [`Client`] per node, shared by producers,
 //! consumers and admin calls.
 //!
-//! A [`Client`] owns a quinn endpoint on the smol runtime and at most one live
+//! A [`Client`] owns a quinn endpoint on its [runtime](crate::runtime) and at most one live
 //! connection. Every request opens its own bidirectional stream (see
 //! [`crate::protocol`]), so concurrent requests never wait behind each other on the
 //! client side; the node bounds how many streams may be open at once and quinn makes
@@ -469,6 +469,8 @@ struct ClientInner {
     slot: Mutex<ConnSlot>,
     /// One dialler at a time; others wait and then use its connection.
     dial_lock: smol::lock::Mutex<()>,
+    /// Where the background tasks run.
+    runtime: Arc<dyn crate::runtime::Runtime>,
 }
 
 #[derive(Default)]
@@ -495,13 +497,28 @@ impl Client {
     /// Reads the CA file, resolves the node's address and binds a UDP socket. Does not
     /// dial: the first request does (or [`Client::connect`]).
     pub fn new(options: ClientOptions) -> Result<Client, ClientError> {
-        Self::new_with_routes(options, Default::default())
+        Self::new_with_routes(
+            options,
+            Default::default(),
+            crate::runtime::default_runtime(),
+        )
+    }
+
+    /// As [`Client::new`], with the client's background tasks (QUIC, the
+    /// producer's sender, fetches) on `runtime` instead of the shared
+    /// client thread (see [`crate::runtime`]).
+    pub fn with_runtime(
+        options: ClientOptions,
+        runtime: Arc<dyn crate::runtime::Runtime>,
+    ) -> Result<Client, ClientError> {
+        Self::new_with_routes(options, Default::default(), runtime)
     }
 
     /// A client sharing another's leader cache.
     pub(crate) fn new_with_routes(
         options: ClientOptions,
         routes: crate::routing::SharedRoutes,
+        runtime: Arc<dyn crate::runtime::Runtime>,
     ) -> Result<Client, ClientError> {
         options.validate()?;
         let address = resolve(&options.server)?;
@@ -518,7 +535,7 @@ impl Client {
             endpoint_config(),
             None,
             socket,
-            Arc::new(quinn::SmolRuntime),
+            Arc::new(crate::runtime::QuinnRuntime(runtime.clone())),
         )
         .map_err(|e| ClientError::Io(Arc::new(e)))?;
         Ok(Client {
@@ -529,9 +546,21 @@ impl Client {
                 quic_config,
                 slot: Mutex::new(ConnSlot::default()),
                 dial_lock: smol::lock::Mutex::new(()),
+                runtime,
             }),
             routes,
         })
+    }
+
+    /// The runtime this client's background tasks run on.
+    pub fn runtime(&self) -> &Arc<dyn crate::runtime::Runtime> {
+        &self.inner.runtime
+    }
+
+    /// Starts `future` on this client's runtime. Dropping the returned task
+    /// cancels it; `detach()` lets it run on its own.
+    pub fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) -> smol::Task<()> {
+        self.inner.runtime.spawn_boxed(Box::pin(future))
     }
 
     pub(crate) fn routes(&self) -> &crate::routing::SharedRoutes {

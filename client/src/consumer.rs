@@ -679,7 +679,7 @@ impl Consumer {
             };
             let id = self.next_fetch_id;
             self.next_fetch_id += 1;
-            let task = smol::spawn(fetch(
+            let task = self.client.spawn(fetch(
                 self.client.clone(),
                 p.topic.clone(),
                 p.partition,

@@ -16,9 +16,10 @@
 //! # }
 //! ```
 //!
-//! Everything runs on smol: the client's QUIC endpoint and the producer's
-//! background task live on smol's global executor, so callers may drive the
-//! futures from any executor or from `smol::block_on`.
+//! Everything runs on smol: the client's QUIC endpoint, the producer's sender
+//! and the consumer's fetches run on one shared client thread (or on a runtime
+//! of the caller's, see [`runtime`]), so callers may drive the futures from any
+//! executor, from `futures_lite::future::block_on` or from `smol::block_on`.
 //!
 //! Keyed records land on the partition Kafka's Java client would pick: see
 //! [`partition_for_key`].
@@ -29,6 +30,7 @@ pub mod group;
 pub mod producer;
 pub mod protocol;
 mod routing;
+pub mod runtime;
 
 pub use connection::{
     Client, ClientError, ClientOptions, ListedOffset, Metadata, RequestStream, TopicDescription,

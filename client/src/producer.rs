@@ -596,7 +596,7 @@ impl Producer {
             room: Event::new(),
             completed: Event::new(),
         });
-        let sender = smol::spawn(run_sender(shared.clone()));
+        let sender = shared.client.spawn(run_sender(shared.clone()));
         Ok(Producer {
             handle: Arc::new(ProducerHandle {
                 shared,
@@ -1031,23 +1031,26 @@ impl Shared {
 /// count stays, and the next lookup waits `retry_backoff_ms`.
 fn spawn_refresh(shared: &Arc<Shared>, topic: Arc<str>) {
     let shared = shared.clone();
-    smol::spawn(async move {
-        let result = shared.client.partition_count(&topic).await;
-        let mut state = lock(&shared.state);
-        match result {
-            Ok(partitions) => state.set_partitions(&topic, partitions),
-            Err(e) => {
-                log::debug!("metadata refresh for `{topic}` failed ({e}); keeping the old");
-                if let Some(t) = state.topics.get_mut(&*topic) {
-                    t.metadata_at = Instant::now();
+    shared
+        .client
+        .clone()
+        .spawn(async move {
+            let result = shared.client.partition_count(&topic).await;
+            let mut state = lock(&shared.state);
+            match result {
+                Ok(partitions) => state.set_partitions(&topic, partitions),
+                Err(e) => {
+                    log::debug!("metadata refresh for `{topic}` failed ({e}); keeping the old");
+                    if let Some(t) = state.topics.get_mut(&*topic) {
+                        t.metadata_at = Instant::now();
+                    }
                 }
             }
-        }
-        if let Some(t) = state.topics.get_mut(&*topic) {
-            t.refreshing = false;
-        }
-    })
-    .detach();
+            if let Some(t) = state.topics.get_mut(&*topic) {
+                t.refreshing = false;
+            }
+        })
+        .detach();
 }
 
 /// Whether adding `size` bytes to the open batch of `partition` takes it over
@@ -1185,7 +1188,10 @@ async fn run_sender(shared: Arc<Shared>) {
                     last_of.retain(|_, o| !o.is_set());
                 }
                 let order = OpenOrder { after, opened };
-                smol::spawn(send_batch(shared.clone(), batch, permit, order)).detach();
+                shared
+                    .client
+                    .spawn(send_batch(shared.clone(), batch, permit, order))
+                    .detach();
             }
             // More may have become ready while waiting for permits.
             continue;

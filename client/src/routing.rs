@@ -122,7 +122,8 @@ impl Client {
             server_name,
             ..self.options().clone()
         };
-        let client = Client::new_with_routes(options, self.routes().clone())?;
+        let client =
+            Client::new_with_routes(options, self.routes().clone(), self.runtime().clone())?;
         routes.clients.insert(address.to_owned(), client.clone());
         Ok(client)
     }
@@ -266,6 +267,7 @@ impl Client {
                             ..self.options().clone()
                         },
                         self.routes().clone(),
+                        self.runtime().clone(),
                     )
                 {
                     candidates.push(c);

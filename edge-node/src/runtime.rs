@@ -187,6 +187,13 @@ impl Drop for Runtime {
     }
 }
 
+/// The node's clients (peer connections) run their tasks on the I/O worker.
+impl eddy_client::runtime::Runtime for RuntimeHandle {
+    fn spawn_boxed(&self, task: eddy_client::runtime::BoxedTask) -> Task<()> {
+        self.spawn(task)
+    }
+}
+
 /// quinn's view of the node runtime: smol's timers and sockets, our executor.
 #[derive(Debug)]
 struct NodeRuntime {

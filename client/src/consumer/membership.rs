@@ -187,7 +187,7 @@ impl Consumer {
             joined: Event::new(),
             wake_tx,
         });
-        let heartbeat = smol::spawn(heartbeat_loop(
+        let heartbeat = self.client.spawn(heartbeat_loop(
             self.client.clone(),
             group.clone(),
             shared.clone(),

@@ -18,7 +18,9 @@
 //! - **Follower** (KIP-101): first asks the leader where its own latest
 //!   epoch ended and truncates there (never just to its high watermark),
 //!   then fetches from its log end, appends the batches as they are (offsets
-//!   and epochs kept) and takes the leader's high watermark.
+//!   and epochs kept) and takes the leader's high watermark. Its fsyncs run
+//!   in the background like the leader's group commit (off the log's lock);
+//!   only with `flush.messages=1` does the next fetch wait for one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use eddy_client::protocol::{
 use eddy_client::{Client, ClientError};
 use eddy_core::config::LogConfig;
 use eddy_core::layout;
-use eddy_core::log::PartitionLog;
+use eddy_core::log::{PartitionLog, SyncJob};
 use futures_lite::FutureExt as _;
 use log::{debug, info, warn};
 
@@ -819,12 +821,14 @@ async fn isr_loop(broker: std::sync::Weak<Broker>) {
                     isr,
                 };
                 let c = cluster.clone();
-                smol::spawn(async move {
-                    if let Err(e) = c.propose(command).await {
-                        debug!("ISR change not applied: {e}");
-                    }
-                })
-                .detach();
+                cluster
+                    .rt
+                    .spawn(async move {
+                        if let Err(e) = c.propose(command).await {
+                            debug!("ISR change not applied: {e}");
+                        }
+                    })
+                    .detach();
             }
         }
     }
@@ -869,6 +873,9 @@ async fn follow(
             }
         }
     }
+    // The fsync running in the background, as the leader's writer does it:
+    // off the log's lock and without holding up the next fetch.
+    let mut sync: Option<smol::Task<(SyncJob, std::io::Result<()>)>> = None;
     loop {
         if broker.upgrade().is_none_or(|b| b.is_shutting_down()) {
             return;
@@ -895,21 +902,39 @@ async fn follow(
                         })?;
                     }
                     p.follower_hw(log, high_watermark);
-                    Ok(log.flush_due(now))
+                    // Some(wait): an fsync is due; wait for it before the next
+                    // fetch only with flush.messages=1.
+                    Ok(log
+                        .flush_due(now)
+                        .then(|| log.config().flush_messages == Some(1)))
                 });
+                if let Some(task) = sync.take_if(|t| t.is_finished()) {
+                    finish_follower_sync(&p, task).await;
+                }
                 match result {
-                    Ok(true) => {
-                        let q = p.clone();
-                        let _ = smol::unblock(move || {
-                            q.with_log(|log| {
-                                log.flush(now_ms()).map_err(|e| {
-                                    BrokerError::new(ErrorCode::KafkaStorageError, e.to_string())
-                                })
-                            })
-                        })
-                        .await;
+                    Ok(Some(wait)) => {
+                        if wait && let Some(task) = sync.take() {
+                            finish_follower_sync(&p, task).await;
+                        }
+                        if sync.is_none() {
+                            match p.with_log(|log| log.begin_sync().map_err(storage_error)) {
+                                Ok(Some(job)) => {
+                                    let task = smol::unblock(move || {
+                                        let result = job.run();
+                                        (job, result)
+                                    });
+                                    if wait {
+                                        finish_follower_sync(&p, task).await;
+                                    } else {
+                                        sync = Some(task);
+                                    }
+                                }
+                                Ok(None) => {}
+                                Err(e) => warn!("{topic}-{index}: follower fsync failed: {e}"),
+                            }
+                        }
                     }
-                    Ok(false) => {}
+                    Ok(None) => {}
                     Err(e) => {
                         warn!("{topic}-{index}: follower append failed: {e}");
                         smol::Timer::after(Duration::from_millis(FOLLOWER_BACKOFF_MS)).await;
@@ -931,6 +956,19 @@ async fn follow(
                 smol::Timer::after(Duration::from_millis(FOLLOWER_BACKOFF_MS)).await;
             }
         }
+    }
+}
+
+fn storage_error(e: eddy_core::log::LogError) -> BrokerError {
+    BrokerError::new(ErrorCode::KafkaStorageError, e.to_string())
+}
+
+/// Records a follower's finished fsync; a failed one poisons the log (as on
+/// the leader), so later appends fail and the follower backs off.
+async fn finish_follower_sync(p: &Partition, task: smol::Task<(SyncJob, std::io::Result<()>)>) {
+    let (job, result) = task.await;
+    if let Err(e) = p.with_log(|log| log.finish_sync(&job, result).map_err(storage_error)) {
+        warn!("{}-{}: follower fsync failed: {e}", p.topic(), p.index());
     }
 }
 

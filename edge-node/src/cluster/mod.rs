@@ -181,6 +181,8 @@ pub struct Cluster {
     stopping: AtomicBool,
     tasks: Mutex<Vec<Task<()>>>,
     raft_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The node's runtime: peer clients and the cluster's tasks run there.
+    pub(crate) rt: RuntimeHandle,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -225,6 +227,7 @@ fn peer_client(
     voter: &Voter,
     ca: &std::path::Path,
     timeout_ms: u32,
+    rt: &RuntimeHandle,
 ) -> Result<Client, ClusterError> {
     let host = voter
         .address
@@ -245,7 +248,10 @@ fn peer_client(
         idle_timeout_ms: 2000,
         ..ClientOptions::default()
     };
-    Client::new(options).map_err(|e| ClusterError::Peer(format!("node {}: {e}", voter.id)))
+    // On the node's I/O worker, like the listener's connections: no second
+    // thread waiting on the reactor.
+    Client::with_runtime(options, Arc::new(rt.clone()))
+        .map_err(|e| ClusterError::Peer(format!("node {}: {e}", voter.id)))
 }
 
 impl Cluster {
@@ -284,12 +290,12 @@ impl Cluster {
         for voter in settings.voters.iter().filter(|v| v.id != settings.node_id) {
             let (queue, outgoing) = async_channel::bounded(PEER_QUEUE_MESSAGES_MAX);
             let data = (0..settings.num_replica_fetchers)
-                .map(|_| peer_client(voter, &ca, 10_000))
+                .map(|_| peer_client(voter, &ca, 10_000, rt))
                 .collect::<Result<Vec<_>, _>>()?;
             let peer = Arc::new(Peer {
                 id: voter.id,
                 address: voter.address.clone(),
-                control: peer_client(voter, &ca, PEER_REQUEST_TIMEOUT_MS)?,
+                control: peer_client(voter, &ca, PEER_REQUEST_TIMEOUT_MS, rt)?,
                 data,
                 queue,
             });
@@ -309,6 +315,7 @@ impl Cluster {
             stopping: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             raft_thread: Mutex::new(None),
+            rt: rt.clone(),
         });
 
         let mut raft_config = raft::Config {
@@ -844,11 +851,12 @@ async fn heartbeat_loop(cluster: Weak<Cluster>) {
     let period = Duration::from_millis(c.settings.heartbeat_interval_ms);
     let peers: Vec<Arc<Peer>> = c.peers.values().cloned().collect();
     let me = c.settings.node_id;
+    let rt = c.rt.clone();
     drop(c);
     let beats: Vec<_> = peers
         .into_iter()
         .map(|peer| {
-            smol::spawn(async move {
+            rt.spawn(async move {
                 loop {
                     let header = RequestHeader {
                         version: PROTOCOL_VERSION,
@@ -937,12 +945,13 @@ async fn controller_loop(cluster: Weak<Cluster>) {
         for (id, command) in commands {
             last_proposed.insert(id, now);
             let c = c.clone();
-            smol::spawn(async move {
-                if let Err(e) = c.propose(command).await {
-                    debug!("controller proposal failed: {e}");
-                }
-            })
-            .detach();
+            c.rt.clone()
+                .spawn(async move {
+                    if let Err(e) = c.propose(command).await {
+                        debug!("controller proposal failed: {e}");
+                    }
+                })
+                .detach();
         }
         let _ = StateRole::Leader;
     }

@@ -1,11 +1,15 @@
 //! `eddy bench produce|consume|e2e`: how fast a node takes and serves records.
 //!
 //! Every producer and consumer gets its own [`Client`] (its own QUIC connection)
-//! and its own OS thread running `smol::block_on`, so their loops run in
-//! parallel. The client's background work (sealing and sending batches, QUIC
-//! packet processing and encryption, decoding fetches) runs on smol's global
-//! executor, which has a single thread unless `SMOL_THREADS` says otherwise:
-//! `--io-threads` (default: one per core) sets it before that executor starts.
+//! and its own OS thread, so their loops run in parallel. Those threads wait
+//! with `futures_lite::future::block_on` and pace with `std::thread::sleep`:
+//! they never wait on the async-io reactor, which stays with the client thread
+//! that runs the clients' background work (sealing and sending batches, QUIC
+//! packet processing and encryption, fetches; see `eddy_client::runtime`).
+//!
+//! e2e sends at the offered load for `--warmup-ms` (1 s) before it records
+//! latencies: the first tens of ms after the connections open are slower
+//! (see `E2E_WARMUP_MS_DEFAULT`).
 //!
 //! - `produce`: records/s, MB/s (10^6 bytes of record values per second) and
 //!   the acknowledgement latency of one record per batch (the last one, which
@@ -45,6 +49,12 @@ pub const TOPIC_DEFAULT: &str = "eddy-bench";
 pub const COUNT_DEFAULT: u64 = 1_000_000;
 /// How long `e2e` runs unless told otherwise.
 pub const E2E_DURATION_SECS_DEFAULT: u64 = 10;
+/// e2e warm-up before latencies are recorded (ms). On a 2-core x86_64 VM at
+/// 2–20 MB/s, records sent in the first 30–40 ms after the connections opened
+/// took up to 35 ms end to end; after that, single-digit ms at worst.
+pub const E2E_WARMUP_MS_DEFAULT: u64 = 1000;
+/// Longest e2e warm-up (ms).
+pub const E2E_WARMUP_MS_MAX: u64 = 600_000;
 /// Records per batch unless `--batch-size` or `--batch-records` says otherwise.
 pub const BATCH_RECORDS_DEFAULT: u32 = 1000;
 /// The default batch never grows past this: 1000 records of 1 KiB would not fit
@@ -56,8 +66,6 @@ pub const BATCH_BYTES_DEFAULT_MAX: u64 = 262_144;
 pub const RECORD_BYTES_MAX: u32 = 1_000_000;
 /// Most producers or consumers in one bench.
 pub const WORKERS_MAX: u32 = 64;
-/// Most threads for the client's executor.
-pub const IO_THREADS_MAX: usize = 64;
 /// e2e values start with the send time: a little-endian u64 of nanoseconds.
 pub const STAMP_BYTES: usize = 8;
 /// Records sent between two looks at the clock (deadline, progress, timestamps).
@@ -179,6 +187,12 @@ pub struct E2eBenchArgs {
     #[arg(long, default_value_t = FETCH_BYTES_DEFAULT, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub fetch_bytes: u32,
+    /// Send at the offered load for this long first without recording
+    /// latencies (fresh connections, first fetches), then for --duration-secs
+    /// or --count. 0 records from the first record on.
+    #[arg(long, default_value_t = E2E_WARMUP_MS_DEFAULT, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=E2E_WARMUP_MS_MAX))]
+    pub warmup_ms: u64,
     /// Output and threads.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -243,17 +257,12 @@ pub struct ProducerArgs {
     pub buffer_memory: Option<u64>,
 }
 
-/// Output format and client threads.
+/// Output format.
 #[derive(Debug, Clone, Args)]
 pub struct OutputArgs {
     /// Print one JSON object instead of a table (and no progress bar).
     #[arg(long)]
     pub json: bool,
-    /// Threads running the client's QUIC and batching work (smol's global
-    /// executor, SMOL_THREADS). Default: SMOL_THREADS if set, else one per core.
-    #[arg(long, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=IO_THREADS_MAX as i64))]
-    pub io_threads: Option<u32>,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -403,6 +412,9 @@ pub struct Summary {
     /// Offered load, for e2e.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offered_mb_per_sec: Option<f64>,
+    /// Warm-up whose latencies were not recorded, for e2e (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_ms: Option<u64>,
     /// Records produced (produce, e2e) or consumed (consume).
     pub records: u64,
     /// Bytes of those records' keys and values.
@@ -575,6 +587,12 @@ impl Summary {
         if let Some(rate) = self.offered_mb_per_sec {
             rows.push(("offered load", format!("{rate:.1} MB/s")));
         }
+        if let Some(ms) = self.warmup_ms {
+            rows.push((
+                "warm-up (not measured)",
+                format!("{} ms", group_thousands(ms)),
+            ));
+        }
         let moved = if self.mode == "consume" {
             "consumed"
         } else {
@@ -652,7 +670,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         BenchCommand::Commit(a) => return super::bench_group::bench_commit(&args.connect, a),
     };
-    set_io_threads(output.io_threads);
     let summary = match &args.command {
         BenchCommand::Produce(a) => bench_produce(&args.connect, a)?,
         BenchCommand::Consume(a) => bench_consume(&args.connect, a)?,
@@ -665,22 +682,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         print!("{}", summary.render());
     }
     Ok(())
-}
-
-/// Sizes smol's global executor, which runs the client's background tasks; it
-/// reads `SMOL_THREADS` when it starts, on first use.
-fn set_io_threads(requested: Option<u32>) {
-    let threads = match requested {
-        Some(n) => n as usize,
-        None if std::env::var_os("SMOL_THREADS").is_some() => return,
-        None => std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(IO_THREADS_MAX),
-    };
-    // SAFETY: `run` is called from `main` before this process starts any other
-    // thread (nothing has used smol yet), so nothing reads the environment
-    // concurrently.
-    unsafe { std::env::set_var("SMOL_THREADS", threads.to_string()) };
 }
 
 /// A monotonic clock shared by the threads of one bench: ns since its start.
@@ -790,6 +791,8 @@ async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::
 async fn offsets(client: &Client, topic: &str, partitions: u32) -> anyhow::Result<Vec<(u64, u64)>> {
     let mut out = Vec::with_capacity(partitions as usize);
     for p in 0..partitions {
+        // In a cluster only the partition's leader answers.
+        let client = client.for_partition(topic, p).await.map_err(explain)?;
         let start = client
             .list_offsets(topic, p, OffsetSpec::Earliest)
             .await
@@ -849,6 +852,9 @@ struct ProducerPlan {
     rate: Option<f64>,
     /// Start each value with the send time on this clock (e2e).
     stamp: Option<Clock>,
+    /// Send this long before `records` or `duration` start counting, and
+    /// sample no acks meanwhile (e2e).
+    warmup: Duration,
     seed: u64,
 }
 
@@ -886,12 +892,22 @@ async fn run_producer(
     let mut value = vec![0u8; plan.record_size];
     fill_value(&mut value, plan.seed);
     let started = Instant::now();
-    let deadline = plan.duration.map(|d| started + d);
+    // The warm-up counts towards neither `records` nor `duration`.
+    let measured_from = started + plan.warmup;
+    let deadline = plan.duration.map(|d| measured_from + d);
+    // Records sent when the warm-up ended.
+    let mut counted_from = plan.warmup.is_zero().then_some(0u64);
     let mut sent = 0u64;
     let mut timestamp = now_ms();
     let mut stopped = None;
     'sending: loop {
-        let left = plan.records.map_or(u64::MAX, |n| n - sent);
+        if counted_from.is_none() && Instant::now() >= measured_from {
+            counted_from = Some(sent);
+        }
+        let left = match (plan.records, counted_from) {
+            (Some(n), Some(from)) => n.saturating_sub(sent - from),
+            _ => u64::MAX,
+        };
         if left == 0 {
             break;
         }
@@ -905,7 +921,11 @@ async fn run_producer(
                 if deadline.is_some_and(|d| next >= d) {
                     break;
                 }
-                smol::Timer::at(next.max(Instant::now() + PACE_SLEEP_MIN)).await;
+                // A plain sleep: this thread does not wait on the reactor.
+                std::thread::sleep(
+                    next.saturating_duration_since(Instant::now())
+                        .max(PACE_SLEEP_MIN),
+                );
                 continue;
             }
             chunk = chunk.min(due - sent);
@@ -922,7 +942,7 @@ async fn run_producer(
                 headers: &[],
                 timestamp: Some(timestamp),
             };
-            let sample = (i + 1).is_multiple_of(plan.sample_every);
+            let sample = (i + 1).is_multiple_of(plan.sample_every) && counted_from.is_some();
             let at = if sample { Some(Instant::now()) } else { None };
             let delivery = match producer.send_ref(record).await {
                 Ok(delivery) => delivery,
@@ -934,7 +954,7 @@ async fn run_producer(
             match at {
                 Some(at) => {
                     let samples = samples.clone();
-                    sampling.push(smol::spawn(async move {
+                    sampling.push(producer.client().spawn(async move {
                         let outcome = delivery.await;
                         let ns = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
                         let mut s = lock(&samples);
@@ -1013,7 +1033,7 @@ fn spawn_producers(
             format!("bench-producer-{i}"),
             start.clone(),
             move || {
-                smol::block_on(async move {
+                futures_lite::future::block_on(async move {
                     let outcome = run_producer(&producer, &plan, &bar, &sent_total).await;
                     producer.close().await;
                     outcome
@@ -1093,6 +1113,7 @@ fn bench_produce(connect: &ConnectArgs, args: &ProduceBenchArgs) -> anyhow::Resu
         sample_every: u64::from(records_per_batch(config.batch_size, amount.record_size)),
         rate: None,
         stamp: None,
+        warmup: Duration::ZERO,
         seed: now_ms() as u64,
     };
     let bar = match limit {
@@ -1162,6 +1183,7 @@ fn bench_produce(connect: &ConnectArgs, args: &ProduceBenchArgs) -> anyhow::Resu
         record_size: f64::from(amount.record_size),
         producer: Some(ProducerSettings::new(&config, amount.record_size)),
         offered_mb_per_sec: None,
+        warmup_ms: None,
         records: done.sent,
         bytes: done.sent * u64::from(amount.record_size),
         elapsed_secs: elapsed.as_secs_f64(),
@@ -1184,6 +1206,9 @@ struct ConsumerPlan {
     target: Arc<AtomicU64>,
     /// Values start with a send time on this clock (e2e).
     stamp: Option<Clock>,
+    /// Record no latency for values sent within this long of the first
+    /// value's send time (e2e warm-up).
+    warmup_ns: u64,
 }
 
 /// What one consumer thread did.
@@ -1207,6 +1232,8 @@ async fn run_consumer(
         latency: new_histogram(),
     };
     let mut last_record = Instant::now();
+    // Values sent before this (ns on the plan's clock) are warm-up.
+    let mut measure_from_ns: Option<u64> = None;
     loop {
         let target = plan.target.load(Ordering::Acquire);
         if outcome.records >= target {
@@ -1247,9 +1274,12 @@ async fn run_consumer(
             outcome.bytes += (value.len() + record.key.as_ref().map_or(0, Vec::len)) as u64;
             if let (Some(now), Some(stamp)) = (now_ns, value.first_chunk::<STAMP_BYTES>()) {
                 let sent = u64::from_le_bytes(*stamp);
-                outcome
-                    .latency
-                    .saturating_record(now.saturating_sub(sent).max(1));
+                let from = *measure_from_ns.get_or_insert(sent.saturating_add(plan.warmup_ns));
+                if sent >= from {
+                    outcome
+                        .latency
+                        .saturating_record(now.saturating_sub(sent).max(1));
+                }
             }
             taken += 1;
         }
@@ -1286,7 +1316,7 @@ fn spawn_consumers(
             format!("bench-consumer-{i}"),
             start.clone(),
             move || {
-                smol::block_on(async move {
+                futures_lite::future::block_on(async move {
                     let outcome = run_consumer(&mut consumer, &plan, &bar).await;
                     drop(consumer);
                     client.close().await;
@@ -1383,6 +1413,7 @@ fn bench_consume(connect: &ConnectArgs, args: &ConsumeBenchArgs) -> anyhow::Resu
                 partitions: mine.iter().map(|&&(p, start, _)| (p, start)).collect(),
                 target: Arc::new(AtomicU64::new(mine.iter().map(|q| q.2).sum())),
                 stamp: None,
+                warmup_ns: 0,
             }
         })
         .collect();
@@ -1430,6 +1461,7 @@ fn bench_consume(connect: &ConnectArgs, args: &ConsumeBenchArgs) -> anyhow::Resu
         },
         producer: None,
         offered_mb_per_sec: None,
+        warmup_ms: None,
         records,
         bytes,
         elapsed_secs: finished.duration_since(started).as_secs_f64(),
@@ -1481,6 +1513,7 @@ fn bench_e2e(connect: &ConnectArgs, args: &E2eBenchArgs) -> anyhow::Result<Summa
         sample_every: ((records_per_sec / E2E_ACK_SAMPLES_PER_SEC) as u64).max(1),
         rate: Some(records_per_sec),
         stamp: Some(clock),
+        warmup: Duration::from_millis(args.warmup_ms),
         seed: now_ms() as u64,
     };
     let target = Arc::new(AtomicU64::new(u64::MAX));
@@ -1494,6 +1527,7 @@ fn bench_e2e(connect: &ConnectArgs, args: &E2eBenchArgs) -> anyhow::Result<Summa
             .collect(),
         target: target.clone(),
         stamp: Some(clock),
+        warmup_ns: args.warmup_ms.saturating_mul(1_000_000),
     };
     let bar = match limit {
         Limit::Records(n) => progress(args.output.json, Some(n), "records"),
@@ -1552,6 +1586,7 @@ fn bench_e2e(connect: &ConnectArgs, args: &E2eBenchArgs) -> anyhow::Result<Summa
         record_size: f64::from(amount.record_size),
         producer: Some(ProducerSettings::new(&config, amount.record_size)),
         offered_mb_per_sec: Some(args.rate),
+        warmup_ms: Some(args.warmup_ms),
         records: done.sent,
         bytes: done.sent * u64::from(amount.record_size),
         elapsed_secs: done.finished.duration_since(started).as_secs_f64(),
@@ -1712,6 +1747,15 @@ mod tests {
             panic!("expected e2e");
         };
         assert_eq!(e.rate, 20.0);
+        assert_eq!(e.warmup_ms, E2E_WARMUP_MS_DEFAULT);
+        let BenchCommand::E2e(e) = parse(&["bench", "e2e", "--warmup-ms", "0"])
+            .expect("parses")
+            .command
+        else {
+            panic!("expected e2e");
+        };
+        assert_eq!(e.warmup_ms, 0);
+        assert!(parse(&["bench", "e2e", "--warmup-ms", "600001"]).is_err());
         assert!(parse(&["bench", "e2e", "--rate", "0"]).is_err());
         assert!(parse(&["bench", "e2e", "--rate", "fast"]).is_err());
         assert!(parse(&["bench", "consume", "--consumers", "0"]).is_err());
@@ -1803,6 +1847,7 @@ mod tests {
                 buffer_memory: 770_161,
             }),
             offered_mb_per_sec: None,
+            warmup_ms: None,
             records: 2_000_000,
             bytes: 200_000_000,
             elapsed_secs: 0.8,
