@@ -436,6 +436,12 @@ struct Writer {
     /// Whether `flush.ms` may make a flush due (cleared when nothing can be synced,
     /// so an unsyncable state never spins the timer).
     flush_armed: bool,
+    /// The `flush.ms` timer and the deadline (ms) it is set for. It is kept
+    /// across turns of the loop and set again only when the deadline moves:
+    /// every new async-io timer wakes whichever thread waits on the reactor
+    /// (the I/O worker), and this task runs on a compute worker.
+    flush_timer: Timer,
+    flush_timer_at: Option<i64>,
     closed: bool,
 }
 
@@ -447,6 +453,8 @@ impl Writer {
             in_flight: None,
             waiting: VecDeque::new(),
             flush_armed: false,
+            flush_timer: Timer::never(),
+            flush_timer_at: None,
             closed: false,
         }
     }
@@ -456,7 +464,17 @@ impl Writer {
             if self.closed && self.in_flight.is_none() && self.waiting.is_empty() {
                 return;
             }
-            let flush_in = self.flush_timeout();
+            let flush_at = self.flush_deadline();
+            if flush_at != self.flush_timer_at {
+                self.flush_timer_at = flush_at;
+                match flush_at {
+                    Some(at) => {
+                        let ms = at.saturating_sub(now_ms()).max(0) as u64;
+                        self.flush_timer.set_after(Duration::from_millis(ms));
+                    }
+                    None => self.flush_timer = Timer::never(),
+                }
+            }
             let wake = {
                 let in_flight = &mut self.in_flight;
                 let requests = &self.requests;
@@ -476,14 +494,10 @@ impl Writer {
                         Err(_) => Wake::Closed,
                     }
                 };
+                let flush_timer = &mut self.flush_timer;
                 let timer = async move {
-                    match flush_in {
-                        Some(ms) => {
-                            Timer::after(Duration::from_millis(ms)).await;
-                            Wake::FlushDue
-                        }
-                        None => futures_lite::future::pending().await,
-                    }
+                    flush_timer.await;
+                    Wake::FlushDue
                 };
                 // A finished fsync goes first, so a busy queue cannot starve acks.
                 synced.or(request).or(timer).await
@@ -495,14 +509,16 @@ impl Writer {
                 }
                 Wake::Request(first) => self.append_group(first),
                 Wake::Closed => self.closed = true,
-                Wake::FlushDue => {}
+                // The timer has fired: set it again if still needed.
+                Wake::FlushDue => self.flush_timer_at = None,
             }
             self.maybe_start_sync();
         }
     }
 
-    /// Milliseconds until `flush.ms` calls for an fsync, when no fsync runs.
-    fn flush_timeout(&self) -> Option<u64> {
+    /// When (ms since the epoch) `flush.ms` calls for an fsync, when no
+    /// fsync runs.
+    fn flush_deadline(&self) -> Option<i64> {
         if self.in_flight.is_some() || !self.flush_armed {
             return None;
         }
@@ -511,6 +527,7 @@ impl Writer {
             .with_log(|log| Ok(log.next_flush_in_ms(now)))
             .ok()
             .flatten()
+            .map(|ms| now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
     }
 
     fn append_group(&mut self, first: AppendRequest) {

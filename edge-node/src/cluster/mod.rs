@@ -341,7 +341,11 @@ impl Cluster {
         let weak = Arc::downgrade(&cluster);
         let thread = std::thread::Builder::new()
             .name("eddy-raft".to_owned())
-            .spawn(move || smol::block_on(raft_loop(weak, node, storage, inputs, applied)))
+            // Not `smol::block_on`: this thread must not take the async-io
+            // reactor from the I/O worker (its ticks only need timers).
+            .spawn(move || {
+                futures_lite::future::block_on(raft_loop(weak, node, storage, inputs, applied))
+            })
             .map_err(|e| ClusterError::Raft(format!("cannot start the Raft thread: {e}")))?;
         *lock(&cluster.raft_thread) = Some(thread);
 

@@ -49,6 +49,11 @@ pub const TOPIC_DEFAULT: &str = "eddy-bench";
 pub const COUNT_DEFAULT: u64 = 1_000_000;
 /// How long `e2e` runs unless told otherwise.
 pub const E2E_DURATION_SECS_DEFAULT: u64 = 10;
+/// With acks=1, how long `produce` waits for a replicated partition's high
+/// watermark to include every acknowledged record before it calls the run
+/// failed (ms), and how often it looks.
+const HW_SETTLE_MS: u64 = 10_000;
+const HW_SETTLE_POLL_MS: u64 = 50;
 /// e2e warm-up before latencies are recorded (ms). On a 2-core x86_64 VM at
 /// 2–20 MB/s, records sent in the first 30–40 ms after the connections opened
 /// took up to 35 ms end to end; after that, single-digit ms at worst.
@@ -1130,8 +1135,26 @@ fn bench_produce(connect: &ConnectArgs, args: &ProduceBenchArgs) -> anyhow::Resu
 
     // Every acknowledged record must be in the log: the high watermarks tell,
     // without awaiting a future per record.
+    let sent = done.as_ref().map_or(0, |d| d.sent);
+    let growth = |after: &[(u64, u64)]| -> u64 {
+        before
+            .iter()
+            .zip(after)
+            .map(|((_, b), (_, a))| a.saturating_sub(*b))
+            .sum()
+    };
     let after = smol::block_on(async {
-        let after = offsets(&clients[0], &amount.topic, partitions).await;
+        let mut after = offsets(&clients[0], &amount.topic, partitions).await;
+        // With acks=1 a replicated partition's high watermark follows its
+        // followers: give them a moment to catch up.
+        let settle = Instant::now() + Duration::from_millis(HW_SETTLE_MS);
+        while config.acks == Acks::Leader
+            && Instant::now() < settle
+            && after.as_ref().is_ok_and(|a| growth(a) < sent)
+        {
+            smol::Timer::after(Duration::from_millis(HW_SETTLE_POLL_MS)).await;
+            after = offsets(&clients[0], &amount.topic, partitions).await;
+        }
         for client in &clients {
             client.close().await;
         }
@@ -1140,11 +1163,7 @@ fn bench_produce(connect: &ConnectArgs, args: &ProduceBenchArgs) -> anyhow::Resu
     let done = done?;
     let after = after?;
     let elapsed = done.finished.duration_since(started);
-    let grown: u64 = before
-        .iter()
-        .zip(&after)
-        .map(|((_, b), (_, a))| a.saturating_sub(*b))
-        .sum();
+    let grown = growth(&after);
     if let Some(e) = done.first_error {
         bail!(
             "{} sampled batch{} failed; first error: {}",
