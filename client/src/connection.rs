@@ -535,7 +535,7 @@ impl Client {
             endpoint_config(),
             None,
             socket,
-            Arc::new(crate::runtime::QuinnRuntime(runtime.clone())),
+            crate::runtime::quinn_runtime(runtime.clone()),
         )
         .map_err(|e| ClientError::Io(Arc::new(e)))?;
         Ok(Client {

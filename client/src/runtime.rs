@@ -96,10 +96,15 @@ pub fn default_runtime() -> Arc<dyn Runtime> {
     DEFAULT.get_or_init(|| Arc::new(ClientThread)).clone()
 }
 
-/// quinn's view of a client runtime: async-io's timers and sockets (as
+/// `runtime` as a quinn runtime: async-io's timers and sockets (as
 /// [`quinn::SmolRuntime`]), tasks on `runtime`.
+pub fn quinn_runtime(runtime: Arc<dyn Runtime>) -> Arc<dyn quinn::Runtime> {
+    Arc::new(QuinnRuntime(runtime))
+}
+
+/// quinn's view of a [`Runtime`].
 #[derive(Debug)]
-pub(crate) struct QuinnRuntime(pub(crate) Arc<dyn Runtime>);
+struct QuinnRuntime(Arc<dyn Runtime>);
 
 impl quinn::Runtime for QuinnRuntime {
     fn new_timer(&self, t: Instant) -> Pin<Box<dyn quinn::AsyncTimer>> {

@@ -25,18 +25,16 @@
 //! one connection's is on one core in either layout (quinn drives a connection
 //! from one task).
 //!
-//! quinn is handed this runtime through [`NodeRuntime`]'s
-//! [`quinn::Runtime`] implementation: timers and UDP sockets are exactly
-//! [`quinn::SmolRuntime`]'s (async-io), only `spawn` goes to our executors.
+//! quinn is handed this runtime through [`RuntimeHandle::quinn_runtime`]:
+//! timers and UDP sockets are exactly [`quinn::SmolRuntime`]'s (async-io),
+//! only `spawn` goes to the I/O worker.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use smol::{Executor, Task};
 
@@ -97,11 +95,10 @@ impl RuntimeHandle {
         self.shards.executors[shard].spawn(future)
     }
 
-    /// This runtime as a quinn runtime.
+    /// This runtime as a quinn runtime: async-io's timers and sockets, tasks
+    /// on the I/O worker.
     pub fn quinn_runtime(&self) -> Arc<dyn quinn::Runtime> {
-        Arc::new(NodeRuntime {
-            handle: self.clone(),
-        })
+        eddy_client::runtime::quinn_runtime(Arc::new(self.clone()))
     }
 }
 
@@ -191,29 +188,6 @@ impl Drop for Runtime {
 impl eddy_client::runtime::Runtime for RuntimeHandle {
     fn spawn_boxed(&self, task: eddy_client::runtime::BoxedTask) -> Task<()> {
         self.spawn(task)
-    }
-}
-
-/// quinn's view of the node runtime: smol's timers and sockets, our executor.
-#[derive(Debug)]
-struct NodeRuntime {
-    handle: RuntimeHandle,
-}
-
-impl quinn::Runtime for NodeRuntime {
-    fn new_timer(&self, t: Instant) -> Pin<Box<dyn quinn::AsyncTimer>> {
-        quinn::SmolRuntime.new_timer(t)
-    }
-
-    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
-        self.handle.spawn(future).detach();
-    }
-
-    fn wrap_udp_socket(
-        &self,
-        sock: std::net::UdpSocket,
-    ) -> io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
-        quinn::SmolRuntime.wrap_udp_socket(sock)
     }
 }
 
