@@ -54,38 +54,30 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClientThread;
 
-static CLIENT_EXECUTOR: OnceLock<Option<Arc<Executor<'static>>>> = OnceLock::new();
+static CLIENT_EXECUTOR: Executor<'static> = Executor::new();
 
-fn client_executor() -> Option<&'static Arc<Executor<'static>>> {
-    CLIENT_EXECUTOR
-        .get_or_init(|| {
-            let executor = Arc::new(Executor::new());
-            let runner = executor.clone();
-            let started = std::thread::Builder::new()
-                .name("eddy-client".into())
-                .spawn(move || {
-                    // The thread lives as long as the process; tasks end with
-                    // their clients.
-                    smol::block_on(runner.run(futures_lite::future::pending::<()>()));
-                });
-            match started {
-                Ok(_) => Some(executor),
-                Err(e) => {
-                    log::warn!(
-                        "cannot start the client thread ({e}); using smol's global executor"
-                    );
-                    None
-                }
-            }
-        })
-        .as_ref()
+/// Starts the client thread on first use; whether it runs.
+fn client_thread_runs() -> bool {
+    static STARTED: OnceLock<bool> = OnceLock::new();
+    *STARTED.get_or_init(|| {
+        let started = std::thread::Builder::new()
+            .name("eddy-client".into())
+            // The thread lives as long as the process; tasks end with their
+            // clients.
+            .spawn(|| smol::block_on(CLIENT_EXECUTOR.run(futures_lite::future::pending::<()>())));
+        if let Err(e) = &started {
+            log::warn!("cannot start the client thread ({e}); using smol's global executor");
+        }
+        started.is_ok()
+    })
 }
 
 impl Runtime for ClientThread {
     fn spawn_boxed(&self, task: BoxedTask) -> Task<()> {
-        match client_executor() {
-            Some(executor) => executor.spawn(task),
-            None => smol::spawn(task),
+        if client_thread_runs() {
+            CLIENT_EXECUTOR.spawn(task)
+        } else {
+            smol::spawn(task)
         }
     }
 }

@@ -641,14 +641,10 @@ impl PartitionLog {
         by_count || by_time
     }
 
-    /// Milliseconds until `flush.ms` makes a flush due, if it will.
-    pub fn next_flush_in_ms(&self, now_ms: i64) -> Option<u64> {
+    /// When (ms since the epoch) `flush.ms` makes a flush due, if it will.
+    pub fn flush_deadline_ms(&self) -> Option<i64> {
         let (ms, first) = (self.config.flush_ms?, self.first_unflushed_ms?);
-        Some(
-            (first.saturating_add(ms.min(i64::MAX as u64) as i64))
-                .saturating_sub(now_ms)
-                .max(0) as u64,
-        )
+        Some(first.saturating_add(ms.min(i64::MAX as u64) as i64))
     }
 
     /// Syncs every dirty segment (log and indexes): everything appended is durable.

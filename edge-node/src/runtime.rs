@@ -168,9 +168,10 @@ impl Runtime {
     }
 
     /// Runs `future` to completion on the calling thread; the tasks it
-    /// spawns go to the workers.
+    /// spawns go to the workers. The caller does not wait on the reactor:
+    /// that stays with the I/O worker.
     pub fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
-        smol::block_on(future)
+        futures_lite::future::block_on(future)
     }
 }
 

@@ -13,7 +13,7 @@
 //!   synced offsets;
 //! - otherwise answers at once, moves the high watermark to the log end, and
 //!   starts a background fsync when `flush.messages` / `flush.ms` make one due
-//!   (a timer, armed from `next_flush_in_ms`, covers an idle partition).
+//!   (a timer, armed from `flush_deadline_ms`, covers an idle partition).
 
 use std::collections::VecDeque;
 use std::io;
@@ -425,12 +425,23 @@ enum Wake {
     FlushDue,
 }
 
+/// An fsync running on a blocking thread, with its outcome.
+pub(crate) type SyncTask = Task<(SyncJob, io::Result<()>)>;
+
+/// Runs `job` (taken under the log's lock) on a blocking thread, off the lock.
+pub(crate) fn sync_in_background(job: SyncJob) -> SyncTask {
+    smol::unblock(move || {
+        let result = job.run();
+        (job, result)
+    })
+}
+
 /// The writer task's state.
 struct Writer {
     partition: Arc<Partition>,
     requests: async_channel::Receiver<AppendRequest>,
     /// The fsync running on a blocking thread.
-    in_flight: Option<Task<(SyncJob, io::Result<()>)>>,
+    in_flight: Option<SyncTask>,
     /// Appends answered only once durable: (offset after the append, reply, answer).
     waiting: VecDeque<(u64, Reply, Appended)>,
     /// Whether `flush.ms` may make a flush due (cleared when nothing can be synced,
@@ -522,12 +533,10 @@ impl Writer {
         if self.in_flight.is_some() || !self.flush_armed {
             return None;
         }
-        let now = now_ms();
         self.partition
-            .with_log(|log| Ok(log.next_flush_in_ms(now)))
+            .with_log(|log| Ok(log.flush_deadline_ms()))
             .ok()
             .flatten()
-            .map(|ms| now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
     }
 
     fn append_group(&mut self, first: AppendRequest) {
@@ -611,10 +620,7 @@ impl Writer {
         });
         match job {
             Ok(Some(job)) => {
-                self.in_flight = Some(smol::unblock(move || {
-                    let result = job.run();
-                    (job, result)
-                }));
+                self.in_flight = Some(sync_in_background(job));
             }
             Ok(None) => {
                 // Everything appended is already durable (or nothing is due).

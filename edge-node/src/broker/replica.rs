@@ -33,12 +33,14 @@ use eddy_client::protocol::{
 use eddy_client::{Client, ClientError};
 use eddy_core::config::LogConfig;
 use eddy_core::layout;
-use eddy_core::log::{PartitionLog, SyncJob};
+use eddy_core::log::PartitionLog;
 use futures_lite::FutureExt as _;
 use log::{debug, info, warn};
 
 use super::metadata::TopicState;
-use super::partition::{FollowerProgress, LeaderState, Partition, Role, not_leader};
+use super::partition::{
+    FollowerProgress, LeaderState, Partition, Role, SyncTask, not_leader, sync_in_background,
+};
 use super::{Broker, BrokerError, FETCH_MAX_WAIT_MS_MAX, FETCH_RESPONSE_BYTES_MAX, Topic, now_ms};
 use crate::cluster::Cluster;
 use crate::cluster::state::{ClusterState, ClusterTopic, Command};
@@ -873,9 +875,7 @@ async fn follow(
             }
         }
     }
-    // The fsync running in the background, as the leader's writer does it:
-    // off the log's lock and without holding up the next fetch.
-    let mut sync: Option<smol::Task<(SyncJob, std::io::Result<()>)>> = None;
+    let mut sync = FollowerSync::default();
     loop {
         if broker.upgrade().is_none_or(|b| b.is_shutting_down()) {
             return;
@@ -908,33 +908,8 @@ async fn follow(
                         .flush_due(now)
                         .then(|| log.config().flush_messages == Some(1)))
                 });
-                if let Some(task) = sync.take_if(|t| t.is_finished()) {
-                    finish_follower_sync(&p, task).await;
-                }
                 match result {
-                    Ok(Some(wait)) => {
-                        if wait && let Some(task) = sync.take() {
-                            finish_follower_sync(&p, task).await;
-                        }
-                        if sync.is_none() {
-                            match p.with_log(|log| log.begin_sync().map_err(storage_error)) {
-                                Ok(Some(job)) => {
-                                    let task = smol::unblock(move || {
-                                        let result = job.run();
-                                        (job, result)
-                                    });
-                                    if wait {
-                                        finish_follower_sync(&p, task).await;
-                                    } else {
-                                        sync = Some(task);
-                                    }
-                                }
-                                Ok(None) => {}
-                                Err(e) => warn!("{topic}-{index}: follower fsync failed: {e}"),
-                            }
-                        }
-                    }
-                    Ok(None) => {}
+                    Ok(due) => sync.after_append(&p, due).await,
                     Err(e) => {
                         warn!("{topic}-{index}: follower append failed: {e}");
                         smol::Timer::after(Duration::from_millis(FOLLOWER_BACKOFF_MS)).await;
@@ -963,12 +938,51 @@ fn storage_error(e: eddy_core::log::LogError) -> BrokerError {
     BrokerError::new(ErrorCode::KafkaStorageError, e.to_string())
 }
 
-/// Records a follower's finished fsync; a failed one poisons the log (as on
-/// the leader), so later appends fail and the follower backs off.
-async fn finish_follower_sync(p: &Partition, task: smol::Task<(SyncJob, std::io::Result<()>)>) {
-    let (job, result) = task.await;
-    if let Err(e) = p.with_log(|log| log.finish_sync(&job, result).map_err(storage_error)) {
-        warn!("{}-{}: follower fsync failed: {e}", p.topic(), p.index());
+/// A follower's fsyncs: in the background like the leader's group commit
+/// (off the log's lock, without holding up the next fetch), except with
+/// `flush.messages=1`, where the next fetch waits for one.
+#[derive(Default)]
+struct FollowerSync {
+    running: Option<SyncTask>,
+}
+
+impl FollowerSync {
+    /// After an append: records a finished fsync, and starts one when `due`
+    /// (`Some(wait)`), waiting for it if `wait`.
+    async fn after_append(&mut self, p: &Partition, due: Option<bool>) {
+        if let Some(task) = self.running.take_if(|t| t.is_finished()) {
+            Self::finish(p, task).await;
+        }
+        let Some(wait) = due else { return };
+        if wait && let Some(task) = self.running.take() {
+            Self::finish(p, task).await;
+        }
+        if self.running.is_some() {
+            return;
+        }
+        let job = match p.with_log(|log| log.begin_sync().map_err(storage_error)) {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(e) => {
+                warn!("{}-{}: follower fsync failed: {e}", p.topic(), p.index());
+                return;
+            }
+        };
+        let task = sync_in_background(job);
+        if wait {
+            Self::finish(p, task).await;
+        } else {
+            self.running = Some(task);
+        }
+    }
+
+    /// Records a finished fsync; a failed one poisons the log (as on the
+    /// leader), so later appends fail and the follower backs off.
+    async fn finish(p: &Partition, task: SyncTask) {
+        let (job, result) = task.await;
+        if let Err(e) = p.with_log(|log| log.finish_sync(&job, result).map_err(storage_error)) {
+            warn!("{}-{}: follower fsync failed: {e}", p.topic(), p.index());
+        }
     }
 }
 
