@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use eddy_client::protocol::{
     self, Acks, ErrorBody, ErrorCode, FrameError, LENGTH_PREFIX_BYTES, PROTOCOL_VERSION, Request,
     RequestHeader, Response, ResponseHeader,
@@ -611,7 +612,7 @@ async fn serve_stream(
                 code: ErrorCode::ThrottlingQuotaExceeded,
                 message,
             });
-            write_response(&mut send, &header, &[]).await;
+            write_response(&mut send, &header, Vec::new()).await;
             return;
         }
         Err(ReadProblem::Bad {
@@ -624,7 +625,7 @@ async fn serve_stream(
             }
             let over = problems.report(code, &message);
             let header = ResponseHeader::Error(ErrorBody { code, message });
-            write_response(&mut send, &header, &[]).await;
+            write_response(&mut send, &header, Vec::new()).await;
             if over {
                 warn!(
                     "closing the connection from {}: over {PROBLEMS_PER_CONNECTION_MAX} bad requests",
@@ -673,7 +674,7 @@ async fn serve_stream(
                     code: ErrorCode::ThrottlingQuotaExceeded,
                     message: e.to_string(),
                 });
-                write_response(&mut send, &header, &[]).await;
+                write_response(&mut send, &header, Vec::new()).await;
                 return;
             }
         }
@@ -695,10 +696,12 @@ async fn serve_stream(
             problems.remote, e.code, e.message
         );
     }
-    write_response(&mut send, &response, &payload).await;
+    write_response(&mut send, &response, payload).await;
 }
 
-async fn write_response(send: &mut quinn::SendStream, header: &ResponseHeader, payload: &[u8]) {
+/// Writes `header` and `payload` to `send` and finishes it. Both are handed
+/// to quinn as they are (no copy into its send buffer).
+async fn write_response(send: &mut quinn::SendStream, header: &ResponseHeader, payload: Vec<u8>) {
     let frame = match protocol::encode_header(header) {
         Ok(frame) => frame,
         Err(e) => {
@@ -722,11 +725,9 @@ async fn write_response(send: &mut quinn::SendStream, header: &ResponseHeader, p
         }
     };
     let written = async {
-        send.write_all(&frame).await?;
-        if !payload.is_empty() {
-            send.write_all(payload).await?;
-        }
-        Ok::<(), quinn::WriteError>(())
+        let mut chunks = [Bytes::from(frame), Bytes::from(payload)];
+        let n = if chunks[1].is_empty() { 1 } else { 2 };
+        send.write_all_chunks(&mut chunks[..n]).await
     }
     .await;
     match written {

@@ -725,8 +725,13 @@ fn fault_schedule(seed: u64) {
 
 /// Produces `count` records of `size` bytes with `acks` to `topic`, as fast
 /// as the producer batches them; returns records per second.
+///
+/// It waits with `futures_lite`'s `block_on` (as `eddy bench` does), not
+/// `smol::block_on`: a test thread holding async-io's reactor would make the
+/// client's thread hand packets over to it, which slows the faster (RF=1)
+/// side more and flatters the ratio.
 fn throughput(client: &Client, topic: &str, acks: Acks, count: u32, size: usize) -> f64 {
-    smol::block_on(async {
+    smol::future::block_on(async {
         let p = Producer::new(
             client.clone(),
             ProducerConfig {
