@@ -700,10 +700,11 @@ async fn serve_stream(
 }
 
 /// Writes `header` and `payload` to `send` and finishes it. Both are handed
-/// to quinn as they are (no copy into its send buffer).
+/// to quinn as they are (no copy into its send buffer; it skips an empty
+/// payload).
 async fn write_response(send: &mut quinn::SendStream, header: &ResponseHeader, payload: Vec<u8>) {
-    let frame = match protocol::encode_header(header) {
-        Ok(frame) => frame,
+    let (frame, payload) = match protocol::encode_header(header) {
+        Ok(frame) => (frame, payload),
         Err(e) => {
             // Only a huge answer (metadata of very many topics) can fail here.
             let fallback = ResponseHeader::Error(ErrorBody {
@@ -713,24 +714,16 @@ async fn write_response(send: &mut quinn::SendStream, header: &ResponseHeader, p
                 ),
             });
             match protocol::encode_header(&fallback) {
-                Ok(frame) => {
-                    let _ = send.write_all(&frame).await;
-                    let _ = send.finish();
-                }
+                Ok(frame) => (frame, Vec::new()),
                 Err(_) => {
                     let _ = send.reset(VarInt::from_u32(STOP_REQUEST_REFUSED));
+                    return;
                 }
             }
-            return;
         }
     };
-    let written = async {
-        let mut chunks = [Bytes::from(frame), Bytes::from(payload)];
-        let n = if chunks[1].is_empty() { 1 } else { 2 };
-        send.write_all_chunks(&mut chunks[..n]).await
-    }
-    .await;
-    match written {
+    let mut chunks = [Bytes::from(frame), Bytes::from(payload)];
+    match send.write_all_chunks(&mut chunks).await {
         Ok(()) => {
             let _ = send.finish();
         }
