@@ -35,12 +35,23 @@ pub fn have_program(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Installs the Debian packages whose programs are missing, each given as
-/// `(program, package)`: `apt-get update && apt-get install -y`.
+/// Whether `what` is there: a file, when it is an absolute path (a header a
+/// package brings), else a program on the PATH.
+fn have(what: &str) -> bool {
+    if what.starts_with('/') {
+        Path::new(what).is_file()
+    } else {
+        have_program(what)
+    }
+}
+
+/// Installs the Debian packages whose programs (or files, given as absolute
+/// paths) are missing, each given as `(program, package)`:
+/// `apt-get update && apt-get install -y --no-install-recommends`.
 pub fn ensure_packages(needed: &[(&str, &str)]) -> Result<(), Failure> {
     let missing: Vec<&str> = needed
         .iter()
-        .filter(|(program, _)| !have_program(program))
+        .filter(|(program, _)| !have(program))
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
@@ -73,11 +84,26 @@ pub fn ensure_toolchain(board: &Board, emulate: bool) -> Result<(), Failure> {
     ensure_rustup_target(board.target())?;
     let mut needed = Vec::new();
     if let Some(package) = board.cross_gcc_package() {
-        let gcc = match package {
-            "gcc-aarch64-linux-gnu" => "aarch64-linux-gnu-gcc",
-            _ => "arm-linux-gnueabihf-gcc",
+        // The compiler, and the C library headers it builds against (ring's
+        // C code needs them; without recommends they do not come with it).
+        let (gcc, headers) = match package {
+            "gcc-aarch64-linux-gnu" => (
+                "aarch64-linux-gnu-gcc",
+                (
+                    "/usr/aarch64-linux-gnu/include/stdio.h",
+                    "libc6-dev-arm64-cross",
+                ),
+            ),
+            _ => (
+                "arm-linux-gnueabihf-gcc",
+                (
+                    "/usr/arm-linux-gnueabihf/include/stdio.h",
+                    "libc6-dev-armhf-cross",
+                ),
+            ),
         };
         needed.push((gcc, package));
+        needed.push(headers);
     }
     if emulate && let Some((qemu, _)) = board.qemu() {
         needed.push((qemu, "qemu-user"));

@@ -34,11 +34,20 @@ const RUSTUP_TARGETS: &[&str] = &[
     "aarch64-unknown-linux-gnu",
     "armv7-unknown-linux-gnueabihf",
 ];
-/// Debian packages `setup` installs (program, package): cross compilers
-/// and qemu-user for the smoke tests, dpkg-deb for images.
+/// Debian packages `setup` installs (program, or a file it brings, and
+/// package): cross compilers with their C library headers and qemu-user for
+/// the smoke tests, dpkg-deb for images.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    (
+        "/usr/aarch64-linux-gnu/include/stdio.h",
+        "libc6-dev-arm64-cross",
+    ),
     ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
+    (
+        "/usr/arm-linux-gnueabihf/include/stdio.h",
+        "libc6-dev-armhf-cross",
+    ),
     ("qemu-aarch64", "qemu-user"),
     ("dpkg-deb", "dpkg"),
 ];
