@@ -139,6 +139,19 @@ pub struct ClientOptions {
     pub idle_timeout_ms: u32,
     /// Largest response payload accepted (a fetch's batches), in bytes. Default 64 MiB.
     pub response_bytes_max: u32,
+    /// A certificate to present to the node (mutual TLS), or none (the default).
+    /// The nodes of a cluster present theirs to each other: requests only
+    /// nodes may send need one issued by the cluster's CA.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A client certificate for mutual TLS: PEM files of the chain and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf.
+    pub key_file: PathBuf,
 }
 
 impl Default for ClientOptions {
@@ -154,6 +167,7 @@ impl Default for ClientOptions {
             keep_alive_interval_ms: 1000,
             idle_timeout_ms: 5000,
             response_bytes_max: RESPONSE_BYTES_MAX_DEFAULT,
+            client_cert: None,
         }
     }
 }
@@ -392,6 +406,7 @@ pub fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::InvalidRecord => "InvalidRecord",
         ErrorCode::PluginFailed => "PluginFailed",
         ErrorCode::PluginNotFound => "PluginNotFound",
+        ErrorCode::ClusterAuthorizationFailed => "ClusterAuthorizationFailed",
         // `ErrorCode` is non-exhaustive: codes added later still print their number.
         #[allow(unreachable_patterns)]
         _ => "Error",
@@ -1190,11 +1205,11 @@ fn resolve(server: &str) -> Result<SocketAddr, ClientError> {
         .ok_or_else(|| error("no address found".to_owned()))
 }
 
-fn load_ca(path: &Path) -> Result<rustls::RootCertStore, ClientError> {
-    let error = |reason: String| ClientError::CaFile {
-        path: path.to_owned(),
-        reason,
-    };
+/// Reads a PEM file of at most [`CA_FILE_BYTES_MAX`] bytes.
+fn read_pem_file(
+    path: &Path,
+    error: impl Fn(String) -> ClientError,
+) -> Result<Vec<u8>, ClientError> {
     let len = std::fs::metadata(path)
         .map_err(|e| error(e.to_string()))?
         .len();
@@ -1203,7 +1218,44 @@ fn load_ca(path: &Path) -> Result<rustls::RootCertStore, ClientError> {
             "{len} bytes is over the limit of {CA_FILE_BYTES_MAX}"
         )));
     }
-    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    std::fs::read(path).map_err(|e| error(e.to_string()))
+}
+
+/// The chain and key of a client certificate.
+fn load_client_cert(
+    cert: &ClientCert,
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    ClientError,
+> {
+    let error = |path: &Path, reason: String| {
+        ClientError::Config(format!("client certificate {}: {reason}", path.display()))
+    };
+    let pem = read_pem_file(&cert.cert_file, |r| error(&cert.cert_file, r))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(&cert.cert_file, format!("not a PEM certificate file: {e}")))?;
+    if chain.is_empty() {
+        return Err(error(
+            &cert.cert_file,
+            "no certificate in the file".to_owned(),
+        ));
+    }
+    let pem = read_pem_file(&cert.key_file, |r| error(&cert.key_file, r))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| error(&cert.key_file, format!("not a PEM private key: {e}")))?;
+    Ok((chain, key))
+}
+
+fn load_ca(path: &Path) -> Result<rustls::RootCertStore, ClientError> {
+    let error = |reason: String| ClientError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = read_pem_file(path, error)?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| error(format!("not a PEM certificate file: {e}")))?;
@@ -1222,11 +1274,22 @@ fn quic_client_config(
     roots: rustls::RootCertStore,
 ) -> Result<quinn::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Config(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut tls = match &options.client_cert {
+        None => builder.with_no_client_auth(),
+        Some(cert) => {
+            let (chain, key) = load_client_cert(cert)?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                ClientError::Config(format!(
+                    "client certificate {}: {e}",
+                    cert.cert_file.display()
+                ))
+            })?
+        }
+    };
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|e| ClientError::Config(format!("TLS setup for QUIC: {e}")))?;

@@ -33,7 +33,8 @@ mod routing;
 pub mod runtime;
 
 pub use connection::{
-    Client, ClientError, ClientOptions, ListedOffset, Metadata, RequestStream, TopicDescription,
+    Client, ClientCert, ClientError, ClientOptions, ListedOffset, Metadata, RequestStream,
+    TopicDescription,
 };
 pub use consumer::{
     AutoOffsetReset, ConsumeError, Consumer, ConsumerConfig, ConsumerRecord, RebalanceListener,

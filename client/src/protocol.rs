@@ -354,6 +354,20 @@ pub struct MemberDescription {
 }
 
 impl Request {
+    /// Whether only the nodes of a cluster may send it (Raft messages, broker
+    /// heartbeats, replica fetches, leader-epoch lookups): a node refuses it
+    /// with [`ErrorCode::ClusterAuthorizationFailed`] from a connection that
+    /// did not present a node certificate.
+    pub fn is_node_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Raft { .. }
+                | Request::BrokerHeartbeat { .. }
+                | Request::ReplicaFetch { .. }
+                | Request::OffsetForLeaderEpoch { .. }
+        )
+    }
+
     /// A short name for logs.
     pub fn name(&self) -> &'static str {
         match self {
@@ -708,6 +722,10 @@ pub enum ErrorCode {
     PluginFailed,
     /// 1051: no plugin of that name is installed, or it cannot be used.
     PluginNotFound,
+    /// 31: a request only the nodes of a cluster may send (Raft, broker
+    /// heartbeats, replica fetches, leader-epoch lookups) came over a
+    /// connection without a node certificate of the cluster's CA.
+    ClusterAuthorizationFailed,
 }
 
 impl ErrorCode {
@@ -749,6 +767,7 @@ impl ErrorCode {
             ErrorCode::InvalidRecord => 87,
             ErrorCode::PluginFailed => 1050,
             ErrorCode::PluginNotFound => 1051,
+            ErrorCode::ClusterAuthorizationFailed => 31,
         }
     }
 

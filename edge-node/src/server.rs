@@ -371,7 +371,15 @@ async fn serve_connection(incoming: quinn::Incoming, state: &Arc<State>) {
             return;
         }
     };
-    debug!("connection from {remote}");
+    let from_node = tls::peer_is_node(&conn);
+    debug!(
+        "connection from {remote}{}",
+        if from_node {
+            " (a node of the cluster)"
+        } else {
+            ""
+        }
+    );
     let problems = Arc::new(Problems {
         remote,
         count: AtomicU32::new(0),
@@ -405,7 +413,10 @@ async fn serve_connection(incoming: quinn::Incoming, state: &Arc<State>) {
                     recv,
                     &task_state,
                     &conn,
-                    &problems,
+                    Peer {
+                        problems: &problems,
+                        from_node,
+                    },
                     &payload_hint,
                     turn,
                 )
@@ -583,15 +594,24 @@ async fn read_exact(
     }
 }
 
+/// Who is on the other end of a connection.
+struct Peer<'a> {
+    /// Its bad requests so far.
+    problems: &'a Problems,
+    /// Whether it presented a node certificate of the cluster's CA.
+    from_node: bool,
+}
+
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     state: &State,
     conn: &quinn::Connection,
-    problems: &Problems,
+    peer: Peer<'_>,
     payload_hint: &AtomicUsize,
     turn: Turn,
 ) {
+    let problems = peer.problems;
     let read = read_request(
         &mut recv,
         state.max_request_bytes,
@@ -679,7 +699,21 @@ async fn serve_stream(
             }
         }
     }
-    let (response, payload) = dispatch(&state.broker, header.request, payload, turn).await;
+    let (response, payload) =
+        if !peer.from_node && header.request.is_node_only() && state.broker.cluster().is_some() {
+            (
+                ResponseHeader::Error(ErrorBody {
+                    code: ErrorCode::ClusterAuthorizationFailed,
+                    message: format!(
+                        "{name} is for the nodes of the cluster only: they connect with their \
+                     certificate issued by the cluster's CA (tls-ca); clients cannot send it"
+                    ),
+                }),
+                Vec::new(),
+            )
+        } else {
+            dispatch(&state.broker, header.request, payload, turn).await
+        };
     if no_answer {
         if let ResponseHeader::Error(e) = &response {
             debug!(

@@ -133,6 +133,27 @@ pub fn peer_trust_file(config: &NodeConfig) -> PathBuf {
     }
 }
 
+/// The certificate a node presents when it connects to the other nodes of
+/// its cluster: its own server certificate (`tls-cert` / `tls-key`, else the
+/// one [`load_or_create`] keeps under `<data-dir>/tls/`). Issued certificates
+/// allow client authentication; a `tls-cert` of another CA must too (no
+/// extended key usage, or one that includes clientAuth).
+pub fn node_client_cert(config: &NodeConfig) -> eddy_client::ClientCert {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => eddy_client::ClientCert {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+        },
+        _ => {
+            let dir = config.data_dir.join(TLS_DIR);
+            eddy_client::ClientCert {
+                cert_file: dir.join(SERVER_CERT_FILE),
+                key_file: dir.join(SERVER_KEY_FILE),
+            }
+        }
+    }
+}
+
 /// Makes a CA (certificate and key PEM files) that the nodes of one cluster
 /// share as `tls-ca` / `tls-ca-key`.
 pub fn create_shared_ca(cert: &Path, key: &Path) -> Result<(), TlsError> {
@@ -290,7 +311,12 @@ fn issue_server(
         .push(DnType::CommonName, SERVER_COMMON_NAME);
     params.is_ca = IsCa::NoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Client authentication too: the nodes of a cluster present this
+    // certificate to each other (mutual TLS).
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.use_authority_key_identifier_extension = true;
     let cert = params.signed_by(&key, issuer)?;
     write_private(&server_key, key.serialize_pem().as_bytes())?;
@@ -422,22 +448,64 @@ fn sync_dir(dir: &Path) -> Result<(), TlsError> {
 }
 
 /// The rustls server config for `identity`: ring, TLS 1.3, ALPN `eddy/1`.
-pub fn server_config(identity: Identity) -> Result<rustls::ServerConfig, TlsError> {
+///
+/// With `peer_roots` (a node of a cluster: the CA its nodes share) a client
+/// may present a certificate, which must then chain to those roots; clients
+/// without one are still served, but only a connection that presented one
+/// may send the requests reserved to nodes ([`peer_is_node`]).
+pub fn server_config(
+    identity: Identity,
+    peer_roots: Option<rustls::RootCertStore>,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(identity.chain, identity.key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match peer_roots {
+        None => builder.with_no_client_auth(),
+        Some(roots) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Quic(format!("client certificate verifier: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(identity.chain, identity.key)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }
 
+/// Whether a connection's peer presented a client certificate (which the
+/// handshake checked against the cluster's CA): another node of the cluster.
+pub fn peer_is_node(conn: &quinn::Connection) -> bool {
+    conn.peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .is_some_and(|chain| !chain.is_empty())
+}
+
 /// The QUIC crypto config of the node: [`load_or_create`] then
-/// [`server_config`].
+/// [`server_config`], verifying the certificates of other nodes when
+/// clustered.
 pub fn quic_server_config(
     config: &NodeConfig,
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
-    let rustls_config = server_config(load_or_create(config)?)?;
+    let peer_roots = if config.is_clustered() {
+        let path = peer_trust_file(config);
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_chain(&path)? {
+            roots.add(cert).map_err(|e| TlsError::Pem {
+                path: path.clone(),
+                reason: format!("not a usable CA certificate ({e}); check tls-ca"),
+            })?;
+        }
+        Some(roots)
+    } else {
+        None
+    };
+    let rustls_config = server_config(load_or_create(config)?, peer_roots)?;
     quinn::crypto::rustls::QuicServerConfig::try_from(rustls_config)
         .map_err(|e| TlsError::Quic(e.to_string()))
 }
@@ -489,7 +557,7 @@ mod tests {
             std::fs::read(tls.join(CA_CERT_FILE)).expect("ca"),
             ca_before
         );
-        server_config(moved).expect("rustls accepts it");
+        server_config(moved, None).expect("rustls accepts it");
     }
 
     #[test]
@@ -505,7 +573,42 @@ mod tests {
             assert_eq!(identity.ca_file.as_deref(), Some(ca.as_path()));
             assert_eq!(peer_trust_file(&cfg), ca);
             verify_with(&ca, &identity);
+            // The same certificate is the node's client certificate.
+            assert!(verify_client_with(&ca, &identity), "a node certificate");
+            let presented = node_client_cert(&cfg);
+            assert_eq!(
+                read_chain(&presented.cert_file).expect("chain"),
+                identity.chain
+            );
         }
+        // A node of another CA is not a node of this cluster.
+        let other = tempfile::tempdir().expect("tempdir");
+        let stranger = load_or_create(&config(other.path(), "127.0.0.1:0")).expect("own CA");
+        assert!(
+            !verify_client_with(&ca, &stranger),
+            "another CA's certificate"
+        );
+    }
+
+    /// Whether the listener's client verifier for the CA in `ca_file`
+    /// accepts `identity` as a client certificate.
+    fn verify_client_with(ca_file: &Path, identity: &Identity) -> bool {
+        let ca = read_chain(ca_file).expect("ca");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca[0].clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .expect("verifier");
+        assert!(
+            !verifier.client_auth_mandatory(),
+            "clients need no certificate"
+        );
+        verifier
+            .verify_client_cert(&identity.chain[0], &[], rustls_pki_types::UnixTime::now())
+            .is_ok()
     }
 
     fn verify_with(ca_file: &Path, identity: &Identity) {

@@ -890,3 +890,123 @@ fn failover(cluster: &mut TestCluster, topic: &str, kill_controller: bool) {
     cluster.start_node(old as usize);
     cluster.wait_ready(3);
 }
+
+/// The requests reserved to nodes (Raft, broker heartbeats, replica fetches,
+/// leader-epoch lookups) need a node certificate of the cluster's CA: the
+/// nodes present theirs to each other (the ISR fills, so replica fetches
+/// pass), a client without one is refused with CLUSTER_AUTHORIZATION_FAILED
+/// and changes nothing, and one with a node's certificate is served.
+#[test]
+fn node_only_requests_need_a_node_certificate() {
+    use eddy_client::ClientCert;
+    use eddy_client::protocol::{PROTOCOL_VERSION, Request, RequestHeader, Response};
+
+    let dir = tmp();
+    let cluster = TestCluster::start(dir.path(), 3, FAST);
+    cluster.wait_ready(3);
+    let client = cluster.any_client();
+    create(&client, "guarded", 3, &[]);
+    wait_isr(&cluster, "guarded", |isr| isr.len() == 3, "full ISR");
+    let acked = smol::block_on(async {
+        let p = producer(&client);
+        let f = p
+            .send(ProducerRecord::new("guarded", b"v".to_vec()))
+            .await
+            .expect("send");
+        let r = f.await.expect("acks=all with the full ISR");
+        p.close().await;
+        r
+    });
+    let leader = smol::block_on(leader(&client, "guarded", 0)).expect("a leader") as usize;
+
+    let requests = || {
+        [
+            Request::Raft { from: 2 },
+            Request::BrokerHeartbeat { node_id: 2 },
+            Request::ReplicaFetch {
+                topic: "guarded".to_owned(),
+                partition: 0,
+                replica_id: 2,
+                leader_epoch: 0,
+                offset: 0,
+                max_bytes: 1024,
+                max_wait_ms: 0,
+            },
+            Request::OffsetForLeaderEpoch {
+                topic: "guarded".to_owned(),
+                partition: 0,
+                current_leader_epoch: 0,
+                epoch: 0,
+            },
+        ]
+    };
+    let send = |c: &Client, request: Request| {
+        smol::block_on(c.request(
+            RequestHeader {
+                version: PROTOCOL_VERSION,
+                request,
+            },
+            &[],
+        ))
+    };
+    let plain = cluster.client(leader);
+    for request in requests() {
+        let name = request.name();
+        let err = send(&plain, request).expect_err("refused without a node certificate");
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::ClusterAuthorizationFailed),
+            "{name}: {err}"
+        );
+    }
+    // Nothing changed: the ISR is whole and the record is there once.
+    wait_isr(&cluster, "guarded", |isr| isr.len() == 3, "full ISR after");
+    assert_eq!(smol::block_on(read_all(&plain, "guarded")).len(), 1);
+    assert_eq!(acked.offset, Some(0));
+    smol::block_on(plain.close());
+
+    // With a node's certificate a node-only request is served.
+    let tls = cluster.data_dir((leader + 1) % 3).join("tls");
+    let node = Client::new(ClientOptions {
+        client_cert: Some(ClientCert {
+            cert_file: tls.join("server.pem"),
+            key_file: tls.join("server.key"),
+        }),
+        ..cluster.client_options(leader)
+    })
+    .expect("client with a node certificate");
+    // The leader's current epoch: the last entry of its leader-epoch-checkpoint.
+    let checkpoint = std::fs::read_to_string(
+        cluster
+            .data_dir(leader)
+            .join("guarded-0")
+            .join("leader-epoch-checkpoint"),
+    )
+    .expect("the leader's leader-epoch-checkpoint");
+    let epoch: i32 = checkpoint
+        .lines()
+        .skip(2)
+        .last()
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|e| e.parse().ok())
+        .expect("an epoch entry");
+    match send(
+        &node,
+        Request::OffsetForLeaderEpoch {
+            topic: "guarded".to_owned(),
+            partition: 0,
+            current_leader_epoch: epoch,
+            epoch,
+        },
+    ) {
+        Ok((Response::OffsetForLeaderEpoch { found, .. }, _)) => {
+            assert_eq!(
+                found,
+                Some((epoch, 1)),
+                "the current epoch ends at the log end"
+            )
+        }
+        other => panic!("OffsetForLeaderEpoch with a node certificate: {other:?}"),
+    }
+    smol::block_on(node.close());
+}

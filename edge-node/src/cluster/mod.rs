@@ -226,6 +226,7 @@ pub enum ClusterError {
 fn peer_client(
     voter: &Voter,
     ca: &std::path::Path,
+    cert: &eddy_client::ClientCert,
     timeout_ms: u32,
     rt: &RuntimeHandle,
 ) -> Result<Client, ClusterError> {
@@ -239,6 +240,7 @@ fn peer_client(
     let options = ClientOptions {
         server: voter.address.clone(),
         ca_file: ca.to_path_buf(),
+        client_cert: Some(cert.clone()),
         server_name: host,
         request_timeout_ms: timeout_ms,
         connect_timeout_ms: PEER_REQUEST_TIMEOUT_MS,
@@ -265,6 +267,7 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, ClusterError> {
         let settings = ClusterSettings::from_config(config)?;
         let ca = crate::tls::peer_trust_file(config);
+        let cert = crate::tls::node_client_cert(config);
         let raft_voters: Vec<u64> = settings.voters.iter().map(|v| raft_id(v.id)).collect();
         let storage = DiskStorage::open(&config.data_dir, &raft_voters).map_err(|error| {
             ClusterError::Storage {
@@ -290,12 +293,12 @@ impl Cluster {
         for voter in settings.voters.iter().filter(|v| v.id != settings.node_id) {
             let (queue, outgoing) = async_channel::bounded(PEER_QUEUE_MESSAGES_MAX);
             let data = (0..settings.num_replica_fetchers)
-                .map(|_| peer_client(voter, &ca, 10_000, rt))
+                .map(|_| peer_client(voter, &ca, &cert, 10_000, rt))
                 .collect::<Result<Vec<_>, _>>()?;
             let peer = Arc::new(Peer {
                 id: voter.id,
                 address: voter.address.clone(),
-                control: peer_client(voter, &ca, PEER_REQUEST_TIMEOUT_MS, rt)?,
+                control: peer_client(voter, &ca, &cert, PEER_REQUEST_TIMEOUT_MS, rt)?,
                 data,
                 queue,
             });
