@@ -614,6 +614,14 @@ impl NodeConfig {
                 reason: "is missing: tls-ca-key needs its CA certificate in tls-ca".to_owned(),
             });
         }
+        if self.is_clustered() && self.tls_cert.is_some() && self.tls_ca.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "tls-ca",
+                reason: "is missing: a cluster node with its own tls-cert needs the CA that \
+                         issued the nodes' certificates in tls-ca, to check the other nodes"
+                    .to_owned(),
+            });
+        }
         if self.broker_session_timeout_ms <= self.broker_heartbeat_interval_ms {
             return Err(ConfigError::Invalid {
                 key: "broker-session-timeout-ms",
@@ -1126,6 +1134,18 @@ mod tests {
         let text = both.to_toml().expect("serializes");
         let back = NodeConfig::from_toml(&text, ConfigOrigin::BuiltIn).expect("parses back");
         assert_eq!(back, both);
+        // In a cluster, the other nodes' certificates are checked against tls-ca.
+        let mut clustered = NodeConfig {
+            controller_quorum_voters: vec![format!("0@{}", both.listen)],
+            ..both
+        };
+        let error = clustered.validate().expect_err("own cert without tls-ca");
+        assert!(
+            matches!(error, ConfigError::Invalid { key: "tls-ca", .. }),
+            "{error:?}"
+        );
+        clustered.tls_ca = Some(PathBuf::from("/etc/eddy/cluster-ca.pem"));
+        clustered.validate().expect("with tls-ca");
     }
 
     #[test]

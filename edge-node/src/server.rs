@@ -464,11 +464,17 @@ fn bad(code: ErrorCode, message: impl Into<String>, stop: bool) -> ReadProblem {
 /// sends batches of much the same size, so the buffer starts at that size
 /// instead of growing by doubling (which copies the payload again at each
 /// step), and is told the size of this one.
+///
+/// With `refuse_node_only` (a node of a cluster, and a connection that
+/// presented no node certificate) a request only nodes may send is refused
+/// with CLUSTER_AUTHORIZATION_FAILED as soon as its header is read, before
+/// any of its payload is taken.
 async fn read_request(
     recv: &mut quinn::RecvStream,
     max_request_bytes: u64,
     budget: &Arc<ByteBudget>,
     payload_hint: &AtomicUsize,
+    refuse_node_only: bool,
 ) -> Result<(RequestHeader, Vec<u8>, Reservation), ReadProblem> {
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
     read_exact(recv, &mut prefix, "length prefix").await?;
@@ -510,6 +516,17 @@ async fn read_request(
         };
         bad(ErrorCode::InvalidRequest, message, true)
     })?;
+    if refuse_node_only && header.request.is_node_only() {
+        return Err(bad(
+            ErrorCode::ClusterAuthorizationFailed,
+            format!(
+                "{} is for the nodes of the cluster only: they connect with a certificate \
+                 issued by the cluster's CA (tls-ca), and this connection presented none",
+                header.request.name()
+            ),
+            true,
+        ));
+    }
     let produce = matches!(header.request, Request::Produce { .. });
     let limit = match header.request {
         Request::Produce { .. } => max_request_bytes,
@@ -617,6 +634,7 @@ async fn serve_stream(
         state.max_request_bytes,
         &state.request_budget,
         payload_hint,
+        !peer.from_node && state.broker.cluster().is_some(),
     )
     .await;
     let (mut header, payload, _request_memory) = match read {
@@ -699,21 +717,7 @@ async fn serve_stream(
             }
         }
     }
-    let (response, payload) =
-        if !peer.from_node && header.request.is_node_only() && state.broker.cluster().is_some() {
-            (
-                ResponseHeader::Error(ErrorBody {
-                    code: ErrorCode::ClusterAuthorizationFailed,
-                    message: format!(
-                        "{name} is for the nodes of the cluster only: they connect with their \
-                     certificate issued by the cluster's CA (tls-ca); clients cannot send it"
-                    ),
-                }),
-                Vec::new(),
-            )
-        } else {
-            dispatch(&state.broker, header.request, payload, turn).await
-        };
+    let (response, payload) = dispatch(&state.broker, header.request, payload, turn).await;
     if no_answer {
         if let ResponseHeader::Error(e) = &response {
             debug!(

@@ -136,8 +136,9 @@ pub fn peer_trust_file(config: &NodeConfig) -> PathBuf {
 /// The certificate a node presents when it connects to the other nodes of
 /// its cluster: its own server certificate (`tls-cert` / `tls-key`, else the
 /// one [`load_or_create`] keeps under `<data-dir>/tls/`). Issued certificates
-/// allow client authentication; a `tls-cert` of another CA must too (no
-/// extended key usage, or one that includes clientAuth).
+/// allow client authentication; a configured `tls-cert` must be issued by
+/// `tls-ca` and allow it too (no extended key usage, or one that includes
+/// clientAuth), or the other nodes refuse the handshake.
 pub fn node_client_cert(config: &NodeConfig) -> eddy_client::ClientCert {
     match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => eddy_client::ClientCert {
@@ -244,7 +245,10 @@ fn generated(dir: &Path, listen: IpAddr) -> Result<Identity, TlsError> {
         let covered = chain
             .first()
             .is_some_and(|leaf| names_ips(&names).all(|ip| der_has_ip_san(leaf, ip)));
-        if covered {
+        let client_auth = chain
+            .first()
+            .is_some_and(|leaf| der_allows_client_auth(leaf));
+        if covered && client_auth {
             info!(
                 "TLS certificate {} (clients trust {})",
                 server_cert.display(),
@@ -256,10 +260,18 @@ fn generated(dir: &Path, listen: IpAddr) -> Result<Identity, TlsError> {
                 ca_file: Some(ca_cert),
             });
         }
-        info!(
-            "{} does not name the listen address {listen}; issuing a new one",
-            server_cert.display()
-        );
+        if covered {
+            info!(
+                "{} does not allow client authentication (nodes present it to each \
+                 other); issuing a new one",
+                server_cert.display()
+            );
+        } else {
+            info!(
+                "{} does not name the listen address {listen}; issuing a new one",
+                server_cert.display()
+            );
+        }
     }
 
     let issuer = if ca_cert.exists() && ca_key.exists() {
@@ -340,6 +352,15 @@ fn issue_server(
 
 fn names_ips(names: &[String]) -> impl Iterator<Item = IpAddr> + '_ {
     names.iter().filter_map(|n| n.parse().ok())
+}
+
+/// Whether a DER certificate allows client authentication: its extended key
+/// usage holds the OID id-kp-clientAuth (1.3.6.1.5.5.7.3.2), encoded `0x06 8
+/// 2b 06 01 05 05 07 03 02`. Certificates made before node certificates
+/// carried it do not.
+fn der_allows_client_auth(cert: &[u8]) -> bool {
+    const CLIENT_AUTH: [u8; 10] = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+    cert.windows(CLIENT_AUTH.len()).any(|w| w == CLIENT_AUTH)
 }
 
 /// Whether a certificate names `ip` in its subject alternative names.
@@ -478,6 +499,18 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The certificates of the CA file at `path`, as trust roots.
+fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_chain(path)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: format!("not a usable CA certificate ({e}); check tls-ca"),
+        })?;
+    }
+    Ok(roots)
+}
+
 /// Whether a connection's peer presented a client certificate (which the
 /// handshake checked against the cluster's CA): another node of the cluster.
 pub fn peer_is_node(conn: &quinn::Connection) -> bool {
@@ -492,20 +525,15 @@ pub fn peer_is_node(conn: &quinn::Connection) -> bool {
 pub fn quic_server_config(
     config: &NodeConfig,
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+    // First the identity: without tls-ca it also writes the CA file that
+    // the peers' certificates are checked against.
+    let identity = load_or_create(config)?;
     let peer_roots = if config.is_clustered() {
-        let path = peer_trust_file(config);
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in read_chain(&path)? {
-            roots.add(cert).map_err(|e| TlsError::Pem {
-                path: path.clone(),
-                reason: format!("not a usable CA certificate ({e}); check tls-ca"),
-            })?;
-        }
-        Some(roots)
+        Some(ca_roots(&peer_trust_file(config))?)
     } else {
         None
     };
-    let rustls_config = server_config(load_or_create(config)?, peer_roots)?;
+    let rustls_config = server_config(identity, peer_roots)?;
     quinn::crypto::rustls::QuicServerConfig::try_from(rustls_config)
         .map_err(|e| TlsError::Quic(e.to_string()))
 }
@@ -561,6 +589,33 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_certificate_without_client_auth_is_reissued() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path(), "127.0.0.1:0");
+        let first = load_or_create(&cfg).expect("create");
+        assert!(der_allows_client_auth(&first.chain[0]));
+        // A server certificate from before node certificates allowed client
+        // authentication: same CA and names, serverAuth only.
+        let tls = dir.path().join(TLS_DIR);
+        let ca_key = KeyPair::from_pem(&read_text(&tls.join(CA_KEY_FILE)).expect("ca key"))
+            .expect("parse CA key");
+        let issuer = Issuer::new(ca_params().expect("params"), ca_key);
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(subject_alt_names("127.0.0.1".parse().expect("ip")))
+                .expect("params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let old = params.signed_by(&key, &issuer).expect("sign");
+        assert!(!der_allows_client_auth(old.der()));
+        write_public(&tls.join(SERVER_CERT_FILE), old.pem().as_bytes()).expect("write");
+        write_private(&tls.join(SERVER_KEY_FILE), key.serialize_pem().as_bytes()).expect("write");
+
+        let again = load_or_create(&cfg).expect("reissue");
+        assert_ne!(again.chain[0], *old.der(), "not kept");
+        assert!(der_allows_client_auth(&again.chain[0]));
+    }
+
+    #[test]
     fn nodes_sharing_a_ca_get_certificates_it_verifies() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (ca, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
@@ -593,9 +648,7 @@ mod tests {
     /// Whether the listener's client verifier for the CA in `ca_file`
     /// accepts `identity` as a client certificate.
     fn verify_client_with(ca_file: &Path, identity: &Identity) -> bool {
-        let ca = read_chain(ca_file).expect("ca");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca[0].clone()).expect("root");
+        let roots = ca_roots(ca_file).expect("CA roots");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier =
             rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
@@ -612,9 +665,7 @@ mod tests {
     }
 
     fn verify_with(ca_file: &Path, identity: &Identity) {
-        let ca = read_chain(ca_file).expect("ca");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca[0].clone()).expect("root");
+        let roots = ca_roots(ca_file).expect("CA roots");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier =
             rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
