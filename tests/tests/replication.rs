@@ -382,8 +382,8 @@ fn a_stopped_follower_leaves_the_isr_truncates_by_epoch_and_rejoins() {
     let truncated = wait_until(WAIT, || old_log().contains("truncating from"));
     assert!(
         truncated,
-        "the old leader truncated by leader epoch:\n{}",
-        old_log()
+        "the old leader (node {leader0}) truncated by leader epoch:\n{}",
+        cluster.logs()
     );
     let rejoined = wait_until(WAIT, || {
         smol::block_on(async {
