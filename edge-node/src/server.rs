@@ -96,6 +96,9 @@ struct State {
     rt: RuntimeHandle,
     max_connections: usize,
     max_request_bytes: u64,
+    /// A node of a cluster: its listener checks client certificates, and
+    /// only connections that presented one may send node-only requests.
+    clustered: bool,
     /// `fetch-max-bytes`, capped at what a fetch request can ask for.
     fetch_max_bytes: u32,
     /// Produce payloads in memory (`queued-max-request-bytes`).
@@ -209,6 +212,7 @@ impl Server {
             rt: rt.clone(),
             max_connections: config.max_connections as usize,
             max_request_bytes: config.max_request_bytes,
+            clustered: config.is_clustered(),
             fetch_max_bytes: u32::try_from(config.fetch_max_bytes).unwrap_or(u32::MAX),
             request_budget: ByteBudget::new(config.queued_request_bytes()),
             response_budget: ByteBudget::new(config.queued_response_bytes()),
@@ -372,6 +376,7 @@ async fn serve_connection(incoming: quinn::Incoming, state: &Arc<State>) {
         }
     };
     let from_node = tls::peer_is_node(&conn);
+    let refuse_node_only = state.clustered && !from_node;
     debug!(
         "connection from {remote}{}",
         if from_node {
@@ -415,7 +420,7 @@ async fn serve_connection(incoming: quinn::Incoming, state: &Arc<State>) {
                     &conn,
                     Peer {
                         problems: &problems,
-                        from_node,
+                        refuse_node_only,
                     },
                     &payload_hint,
                     turn,
@@ -615,8 +620,9 @@ async fn read_exact(
 struct Peer<'a> {
     /// Its bad requests so far.
     problems: &'a Problems,
-    /// Whether it presented a node certificate of the cluster's CA.
-    from_node: bool,
+    /// This node is clustered and the peer presented no node certificate:
+    /// node-only requests are refused.
+    refuse_node_only: bool,
 }
 
 async fn serve_stream(
@@ -634,7 +640,7 @@ async fn serve_stream(
         state.max_request_bytes,
         &state.request_budget,
         payload_hint,
-        !peer.from_node && state.broker.cluster().is_some(),
+        peer.refuse_node_only,
     )
     .await;
     let (mut header, payload, _request_memory) = match read {

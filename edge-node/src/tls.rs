@@ -86,6 +86,9 @@ pub enum TlsError {
     /// The config cannot be used for QUIC.
     #[error("QUIC TLS setup failed: {0}")]
     Quic(String),
+    /// The check of the other nodes' certificates cannot be built from tls-ca.
+    #[error("cannot check the other nodes' certificates with tls-ca: {0}")]
+    Verifier(String),
 }
 
 /// A certificate chain and its key.
@@ -242,13 +245,16 @@ fn generated(dir: &Path, listen: IpAddr) -> Result<Identity, TlsError> {
 
     if server_cert.exists() && server_key.exists() {
         let chain = read_chain(&server_cert)?;
-        let covered = chain
-            .first()
-            .is_some_and(|leaf| names_ips(&names).all(|ip| der_has_ip_san(leaf, ip)));
-        let client_auth = chain
-            .first()
-            .is_some_and(|leaf| der_allows_client_auth(leaf));
-        if covered && client_auth {
+        // read_chain refuses a file without a certificate.
+        let leaf = chain.first().map_or(&[][..], |c| c.as_ref());
+        let stale = if !names_ips(&names).all(|ip| der_has_ip_san(leaf, ip)) {
+            Some(format!("does not name the listen address {listen}"))
+        } else if !der_allows_client_auth(leaf) {
+            Some("does not allow client authentication (nodes present it to each other)".into())
+        } else {
+            None
+        };
+        let Some(stale) = stale else {
             info!(
                 "TLS certificate {} (clients trust {})",
                 server_cert.display(),
@@ -259,19 +265,8 @@ fn generated(dir: &Path, listen: IpAddr) -> Result<Identity, TlsError> {
                 key: read_key(&server_key)?,
                 ca_file: Some(ca_cert),
             });
-        }
-        if covered {
-            info!(
-                "{} does not allow client authentication (nodes present it to each \
-                 other); issuing a new one",
-                server_cert.display()
-            );
-        } else {
-            info!(
-                "{} does not name the listen address {listen}; issuing a new one",
-                server_cert.display()
-            );
-        }
+        };
+        info!("{} {stale}; issuing a new one", server_cert.display());
     }
 
     let issuer = if ca_cert.exists() && ca_key.exists() {
@@ -483,20 +478,23 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = match peer_roots {
         None => builder.with_no_client_auth(),
-        Some(roots) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::Quic(format!("client certificate verifier: {e}")))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(roots) => builder.with_client_cert_verifier(node_verifier(roots, provider)?),
     };
     let mut config = builder.with_single_cert(identity.chain, identity.key)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
+}
+
+/// The listener's client-certificate check in a cluster: a certificate, if
+/// one is presented, must chain to `roots`; none is also fine (clients).
+fn node_verifier(
+    roots: rustls::RootCertStore,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))
 }
 
 /// The certificates of the CA file at `path`, as trust roots.
@@ -648,13 +646,11 @@ mod tests {
     /// Whether the listener's client verifier for the CA in `ca_file`
     /// accepts `identity` as a client certificate.
     fn verify_client_with(ca_file: &Path, identity: &Identity) -> bool {
-        let roots = ca_roots(ca_file).expect("CA roots");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .expect("verifier");
+        let verifier = node_verifier(
+            ca_roots(ca_file).expect("CA roots"),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .expect("verifier");
         assert!(
             !verifier.client_auth_mandatory(),
             "clients need no certificate"

@@ -101,16 +101,16 @@ impl Board {
         self.target().contains("-musl")
     }
 
-    /// The Debian package with the C cross compiler and linker for the
-    /// target, if it needs one.
-    pub fn cross_gcc_package(&self) -> Option<&'static str> {
+    /// The Debian packages of the C cross toolchain the target needs (see
+    /// [`crate::cross::AARCH64_GNU_PACKAGES`]), none for the host's own.
+    pub fn cross_packages(&self) -> &'static [(&'static str, &'static str)] {
         if self.is_host() {
-            return None;
+            return &[];
         }
         match self.target().split('-').next() {
-            Some("aarch64") => Some("gcc-aarch64-linux-gnu"),
-            Some("armv7") => Some("gcc-arm-linux-gnueabihf"),
-            _ => None,
+            Some("aarch64") => crate::cross::AARCH64_GNU_PACKAGES,
+            Some("armv7") => crate::cross::ARMHF_PACKAGES,
+            _ => &[],
         }
     }
 

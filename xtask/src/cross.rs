@@ -35,6 +35,27 @@ pub fn have_program(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The aarch64 glibc cross toolchain, as `(program or file, package)`: the C
+/// compiler and linker, and the C library headers it builds against (ring's
+/// C code needs them; with `--no-install-recommends` they do not come with
+/// the compiler).
+pub const AARCH64_GNU_PACKAGES: &[(&str, &str)] = &[
+    ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    (
+        "/usr/aarch64-linux-gnu/include/stdio.h",
+        "libc6-dev-arm64-cross",
+    ),
+];
+
+/// The armv7 hard-float glibc cross toolchain, as for [`AARCH64_GNU_PACKAGES`].
+pub const ARMHF_PACKAGES: &[(&str, &str)] = &[
+    ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
+    (
+        "/usr/arm-linux-gnueabihf/include/stdio.h",
+        "libc6-dev-armhf-cross",
+    ),
+];
+
 /// Whether `what` is there: a file, when it is an absolute path (a header a
 /// package brings), else a program on the PATH.
 fn have(what: &str) -> bool {
@@ -82,29 +103,7 @@ pub fn ensure_packages(needed: &[(&str, &str)]) -> Result<(), Failure> {
 /// Everything a cross build and an emulated run of `board` need.
 pub fn ensure_toolchain(board: &Board, emulate: bool) -> Result<(), Failure> {
     ensure_rustup_target(board.target())?;
-    let mut needed = Vec::new();
-    if let Some(package) = board.cross_gcc_package() {
-        // The compiler, and the C library headers it builds against (ring's
-        // C code needs them; without recommends they do not come with it).
-        let (gcc, headers) = match package {
-            "gcc-aarch64-linux-gnu" => (
-                "aarch64-linux-gnu-gcc",
-                (
-                    "/usr/aarch64-linux-gnu/include/stdio.h",
-                    "libc6-dev-arm64-cross",
-                ),
-            ),
-            _ => (
-                "arm-linux-gnueabihf-gcc",
-                (
-                    "/usr/arm-linux-gnueabihf/include/stdio.h",
-                    "libc6-dev-armhf-cross",
-                ),
-            ),
-        };
-        needed.push((gcc, package));
-        needed.push(headers);
-    }
+    let mut needed = board.cross_packages().to_vec();
     if emulate && let Some((qemu, _)) = board.qemu() {
         needed.push((qemu, "qemu-user"));
     }

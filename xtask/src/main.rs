@@ -34,23 +34,10 @@ const RUSTUP_TARGETS: &[&str] = &[
     "aarch64-unknown-linux-gnu",
     "armv7-unknown-linux-gnueabihf",
 ];
-/// Debian packages `setup` installs (program, or a file it brings, and
-/// package): cross compilers with their C library headers and qemu-user for
-/// the smoke tests, dpkg-deb for images.
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[
-    ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
-    (
-        "/usr/aarch64-linux-gnu/include/stdio.h",
-        "libc6-dev-arm64-cross",
-    ),
-    ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
-    (
-        "/usr/arm-linux-gnueabihf/include/stdio.h",
-        "libc6-dev-armhf-cross",
-    ),
-    ("qemu-aarch64", "qemu-user"),
-    ("dpkg-deb", "dpkg"),
-];
+/// Debian packages `setup` installs besides the cross toolchains
+/// (`cross::AARCH64_GNU_PACKAGES`, `cross::ARMHF_PACKAGES`), as (program,
+/// package): qemu-user for the smoke tests, dpkg-deb for images.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[("qemu-aarch64", "qemu-user"), ("dpkg-deb", "dpkg")];
 /// Boards CI smoke-tests under emulation (aarch64 and armv7).
 const CI_SMOKE_BOARDS: &[&str] = &["rpi4", "rpi-zero2w"];
 /// Cargo profile of the smoke builds: no LTO, so CI stays fast.
@@ -196,7 +183,14 @@ fn setup() -> Result<(), Failure> {
         cmd.args(["target", "add", target]);
         run_step(&format!("rustup target add {target}"), cmd)?;
     }
-    cross::ensure_packages(DEBIAN_PACKAGES)
+    cross::ensure_packages(
+        &[
+            cross::AARCH64_GNU_PACKAGES,
+            cross::ARMHF_PACKAGES,
+            DEBIAN_PACKAGES,
+        ]
+        .concat(),
+    )
 }
 
 fn ci(root: &Path) -> Result<(), Failure> {
