@@ -237,6 +237,12 @@ impl Partition {
         drop(old);
     }
 
+    /// Whether a fetcher task is set (a follower with a connection to its
+    /// leader).
+    pub fn has_fetcher(&self) -> bool {
+        lock(&self.fetcher).is_some()
+    }
+
     /// A leader recomputes its high watermark from the ISR's log end
     /// offsets; a single node uses its log end.
     pub fn advance_hw(&self, log: &mut PartitionLog) {

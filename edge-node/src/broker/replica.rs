@@ -55,6 +55,9 @@ pub const REPLICA_FETCH_BYTES: u32 = 4 * 1024 * 1024;
 pub const REPLICA_FETCH_WAIT_MS: u32 = 500;
 /// Pause after a failed replica fetch.
 const FOLLOWER_BACKOFF_MS: u64 = 100;
+/// How long a follower's requests to its leader keep failing before it says
+/// so at warn level (and again every as long while they do).
+const FOLLOWER_COMPLAIN_MS: u64 = 5000;
 /// Longest wait of an `acks=all` produce without a timeout of its own.
 pub const ACKS_ALL_WAIT_MS_DEFAULT: u32 = 30_000;
 
@@ -191,22 +194,34 @@ impl Broker {
                 );
             }
             Some(leader) => {
+                // The same leader and epoch with a fetcher running: nothing to
+                // do. Without a fetcher (no client for the leader last time),
+                // try again.
                 let same = matches!(current, Role::Follower { leader: l, epoch } if l == leader && epoch == ps.leader_epoch);
-                if same {
+                if same && p.has_fetcher() {
                     return;
                 }
-                p.with_role(|role| {
-                    *role = Role::Follower {
-                        leader,
-                        epoch: ps.leader_epoch,
-                    };
+                if !same {
+                    p.set_fetcher(None);
+                    p.with_role(|role| {
+                        *role = Role::Follower {
+                            leader,
+                            epoch: ps.leader_epoch,
+                        };
+                    });
+                    p.wake_all();
+                }
+                let client = cluster.peer(leader).and_then(|peer| {
+                    let slot = (p.index() as usize) % peer.data.len().max(1);
+                    peer.data.get(slot).cloned()
                 });
-                p.wake_all();
-                let Some(peer) = cluster.peer(leader) else {
-                    return;
-                };
-                let slot = (p.index() as usize) % peer.data.len().max(1);
-                let Some(client) = peer.data.get(slot).cloned() else {
+                let Some(client) = client else {
+                    warn!(
+                        "{}-{}: no connection to leader node {leader} (not a voter?); \
+                         not replicating until the metadata names a reachable leader",
+                        p.topic(),
+                        p.index()
+                    );
                     return;
                 };
                 let task = self.rt.spawn(follow(
@@ -218,7 +233,7 @@ impl Broker {
                     ps.leader_epoch,
                 ));
                 p.set_fetcher(Some(task));
-                debug!(
+                info!(
                     "{}-{}: following node {leader} in epoch {}",
                     p.topic(),
                     p.index(),
@@ -862,6 +877,7 @@ async fn follow(
 ) {
     let topic = p.topic().to_owned();
     let index = p.index();
+    let mut failing = FailureRun::default();
     // KIP-101: ask the leader where our latest epoch ended.
     loop {
         if broker.upgrade().is_none_or(|b| b.is_shutting_down()) {
@@ -870,11 +886,14 @@ async fn follow(
         match truncate_by_epoch(&p, &client, epoch).await {
             Ok(()) => break,
             Err(e) => {
-                debug!("{topic}-{index}: epoch check with node {leader} failed: {e}");
+                failing.failed(|| {
+                    format!("{topic}-{index}: epoch check with node {leader} failed: {e}")
+                });
                 smol::Timer::after(Duration::from_millis(FOLLOWER_BACKOFF_MS)).await;
             }
         }
     }
+    failing.ok();
     let mut sync = FollowerSync::default();
     loop {
         if broker.upgrade().is_none_or(|b| b.is_shutting_down()) {
@@ -908,6 +927,7 @@ async fn follow(
                         .flush_due(now)
                         .then(|| log.config().flush_messages == Some(1)))
                 });
+                failing.ok();
                 match result {
                     Ok(due) => sync.after_append(&p, due).await,
                     Err(e) => {
@@ -922,15 +942,56 @@ async fn follow(
             Err(ClientError::Server(body)) if body.code == ErrorCode::OffsetOutOfRange => {
                 // Diverged or behind the leader's log start: check by epoch again.
                 if let Err(e) = truncate_by_epoch(&p, &client, epoch).await {
-                    debug!("{topic}-{index}: {e}");
+                    failing.failed(|| {
+                        format!("{topic}-{index}: epoch check with node {leader} failed: {e}")
+                    });
                 }
                 smol::Timer::after(Duration::from_millis(FOLLOWER_BACKOFF_MS)).await;
             }
             Err(e) => {
-                debug!("{topic}-{index}: fetch from node {leader} failed: {e}");
+                failing.failed(|| format!("{topic}-{index}: fetch from node {leader} failed: {e}"));
                 smol::Timer::after(Duration::from_millis(FOLLOWER_BACKOFF_MS)).await;
             }
         }
+    }
+}
+
+/// A run of failed requests from a follower to its leader. Single failures
+/// are common around elections and stay at debug level; a run that lasts
+/// [`FOLLOWER_COMPLAIN_MS`] is logged as a warning (again every as long), so
+/// a follower that cannot replicate shows at the default log level.
+#[derive(Default)]
+struct FailureRun {
+    since: Option<Instant>,
+    warned: Option<Instant>,
+}
+
+impl FailureRun {
+    /// Records a failure at `now`: logs `what` at warn level when the run
+    /// has lasted [`FOLLOWER_COMPLAIN_MS`] since it began or since the last
+    /// warning, at debug level otherwise.
+    fn failed(&mut self, what: impl FnOnce() -> String) {
+        match self.failed_at(Instant::now()) {
+            Some(lasted) => warn!("{} (failing for {:.1} s)", what(), lasted.as_secs_f64()),
+            None => debug!("{}", what()),
+        }
+    }
+
+    /// Records a failure at `now`; returns how long the run has lasted when
+    /// a warning is due.
+    fn failed_at(&mut self, now: Instant) -> Option<Duration> {
+        let since = *self.since.get_or_insert(now);
+        let last = self.warned.unwrap_or(since);
+        if now.saturating_duration_since(last) < Duration::from_millis(FOLLOWER_COMPLAIN_MS) {
+            return None;
+        }
+        self.warned = Some(now);
+        Some(now.saturating_duration_since(since))
+    }
+
+    /// Ends the run (a request succeeded).
+    fn ok(&mut self) {
+        *self = FailureRun::default();
     }
 }
 
@@ -1076,4 +1137,33 @@ async fn check_log_start(
         .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_failures_warns_after_the_complaint_interval_and_then_every_as_long() {
+        let every = Duration::from_millis(FOLLOWER_COMPLAIN_MS);
+        let t0 = Instant::now();
+        let mut run = FailureRun::default();
+        assert_eq!(run.failed_at(t0), None, "a single failure stays at debug");
+        assert_eq!(run.failed_at(t0 + every / 2), None);
+        assert_eq!(
+            run.failed_at(t0 + every),
+            Some(every),
+            "the run lasted one interval"
+        );
+        assert_eq!(
+            run.failed_at(t0 + every + every / 2),
+            None,
+            "warned just now"
+        );
+        assert_eq!(run.failed_at(t0 + every * 2), Some(every * 2));
+        // A success ends the run: the next failure starts a new one.
+        run.ok();
+        assert_eq!(run.failed_at(t0 + every * 3), None);
+        assert_eq!(run.failed_at(t0 + every * 4), Some(every));
+    }
 }
