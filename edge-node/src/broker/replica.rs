@@ -967,7 +967,7 @@ struct FailureRun {
 }
 
 impl FailureRun {
-    /// Records a failure at `now`: logs `what` at warn level when the run
+    /// Records a failure: logs `what` at warn level when the run
     /// has lasted [`FOLLOWER_COMPLAIN_MS`] since it began or since the last
     /// warning, at debug level otherwise.
     fn failed(&mut self, what: impl FnOnce() -> String) {
