@@ -551,17 +551,22 @@ impl TestCluster {
     }
 
     /// Waits (bounded) until a controller is elected and `alive` nodes are
-    /// alive in the metadata; panics with the nodes' logs otherwise.
+    /// alive in the metadata, as every running node sees it; panics with the
+    /// nodes' logs otherwise. Asking one node is not enough: a node just
+    /// restarted answers from the metadata it had when it stopped (where it
+    /// was itself alive) until it hears from the controller.
     pub fn wait_ready(&self, alive: usize) {
         let ok = wait_until(CLUSTER_READY_TIMEOUT, || {
-            smol::block_on(async {
-                let client = self.any_client();
-                let ready = matches!(
-                    client.cluster_status().await,
-                    Ok((Some(_), nodes)) if nodes.iter().filter(|n| n.alive).count() >= alive
-                );
-                client.close().await;
-                ready
+            (0..self.nodes.len()).filter(|i| self.is_up(*i)).all(|i| {
+                smol::block_on(async {
+                    let client = self.client(i);
+                    let ready = matches!(
+                        client.cluster_status().await,
+                        Ok((Some(_), nodes)) if nodes.iter().filter(|n| n.alive).count() >= alive
+                    );
+                    client.close().await;
+                    ready
+                })
             })
         });
         assert!(ok, "cluster not ready:\n{}", self.logs());
