@@ -677,6 +677,10 @@ impl PartitionLog {
         self.check_writable()?;
         let end = self.log_end_offset();
         if self.durable_offset >= end {
+            // Nothing is unflushed (what was went with a truncation): no
+            // flush is due until the next append.
+            self.unflushed_records = 0;
+            self.first_unflushed_ms = None;
             return Ok(None);
         }
         let files = self
@@ -873,6 +877,12 @@ impl PartitionLog {
         self.high_watermark = self.high_watermark.clamp(self.log_start_offset, end);
         self.recovery_point = self.recovery_point.min(end);
         self.durable_offset = self.durable_offset.min(end);
+        if self.durable_offset >= end {
+            // The unflushed records were all cut: no flush is due (else
+            // `flush_due` would stay true with nothing to sync).
+            self.unflushed_records = 0;
+            self.first_unflushed_ms = None;
+        }
         self.cleaned_offset = self.cleaned_offset.min(end);
         let before = self.epochs.len();
         self.epochs.retain(|&(_, start)| start < end);

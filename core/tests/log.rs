@@ -180,6 +180,31 @@ fn truncation_removes_the_tail_across_segments() {
 }
 
 #[test]
+fn truncating_the_unflushed_tail_leaves_no_flush_due() {
+    let (_disk, st) = sim();
+    let c = config(&[("flush.ms", "1000")]);
+    let mut log = open(&st, c, 0);
+    log.append(&mut numbered("kept", 2, 2, 0), 1, 0).unwrap();
+    log.flush(0).unwrap();
+    assert_eq!(log.durable_offset(), 2);
+    // A leader's divergent tail, never flushed, then cut by a truncation
+    // (it became a follower): nothing is left to flush, so no flush may be
+    // due, or the writer would wake at once, find nothing to sync, and spin.
+    log.append(&mut numbered("divergent", 3, 3, 0), 1, 100)
+        .unwrap();
+    assert_eq!(log.flush_deadline_ms(), Some(1100));
+    log.truncate_to(2, 200).unwrap();
+    assert_eq!(log.log_end_offset(), 2);
+    assert!(!log.flush_due(5000));
+    assert_eq!(log.flush_deadline_ms(), None);
+    assert!(log.begin_sync().unwrap().is_none());
+    // The next append arms the flush again.
+    log.append(&mut numbered("next", 1, 1, 0), 2, 300).unwrap();
+    assert_eq!(log.flush_deadline_ms(), Some(1300));
+    assert!(log.flush_due(1300));
+}
+
+#[test]
 fn retention_by_time_size_and_log_start_renames_then_deletes() {
     let (disk, st) = sim();
     let c = config(&[

@@ -66,8 +66,43 @@ pub enum Role {
 pub struct FollowerProgress {
     /// Its log end offset (the offset of its last fetch).
     pub leo: u64,
-    /// When it last fetched up to the leader's log end (ms).
+    /// When it was last caught up (ms): see [`FollowerProgress::fetched`].
     pub caught_up_ms: i64,
+    /// The leader's log end offset at its previous fetch (`u64::MAX` before
+    /// the first).
+    pub last_fetch_leader_end: u64,
+    /// When it fetched last (ms).
+    pub last_fetch_ms: i64,
+}
+
+impl FollowerProgress {
+    /// A follower of a leader elected at `now_ms`: counted as caught up then,
+    /// so it has `replica.lag.time.max.ms` to fetch.
+    pub fn new(now_ms: i64) -> FollowerProgress {
+        FollowerProgress {
+            leo: 0,
+            caught_up_ms: now_ms,
+            last_fetch_leader_end: u64::MAX,
+            last_fetch_ms: now_ms,
+        }
+    }
+
+    /// A fetch at `offset` when the leader's log ends at `leader_end`.
+    /// Kafka's rule: the follower is caught up now if it fetches at the log
+    /// end, and was caught up at its previous fetch if it now has everything
+    /// the leader had then. Under steady production a follower that keeps
+    /// pace is never exactly at the end, but always reaches where the end
+    /// was one fetch ago.
+    pub fn fetched(&mut self, offset: u64, leader_end: u64, now_ms: i64) {
+        self.leo = offset;
+        if offset >= leader_end {
+            self.caught_up_ms = now_ms;
+        } else if offset >= self.last_fetch_leader_end {
+            self.caught_up_ms = self.caught_up_ms.max(self.last_fetch_ms);
+        }
+        self.last_fetch_leader_end = leader_end;
+        self.last_fetch_ms = now_ms;
+    }
 }
 
 /// A leader's replication state.
@@ -98,6 +133,43 @@ impl LeaderState {
             .filter(|r| **r != self.me)
             .map(|r| self.followers.get(r).map_or(0, |f| f.leo))
             .fold(leader_end, u64::min)
+    }
+
+    /// The ISR this leader should propose at `now_ms`, if it differs from
+    /// the committed one (sorted). Kafka's rules: a member stays while it
+    /// has reached the log end `leader_end` within `lag_ms`
+    /// (`replica.lag.time.max.ms`); a replica outside the ISR joins once it
+    /// has reached the high watermark `hw` and the start of this epoch. A
+    /// member that stopped fetching holds the high watermark at its own log
+    /// end, so only replicas outside the ISR may be added back, or a
+    /// stalled member would be dropped and re-added in the same breath.
+    pub fn isr_proposal(
+        &self,
+        leader_end: u64,
+        hw: u64,
+        now_ms: i64,
+        lag_ms: i64,
+    ) -> Option<Vec<u32>> {
+        let mut isr: Vec<u32> =
+            self.isr
+                .iter()
+                .copied()
+                .filter(|r| {
+                    *r == self.me
+                        || self.followers.get(r).is_some_and(|f| {
+                            f.leo >= leader_end || now_ms - f.caught_up_ms <= lag_ms
+                        })
+                })
+                .collect();
+        for (id, f) in &self.followers {
+            if !self.isr.contains(id) && f.leo >= hw && f.leo >= self.epoch_start {
+                isr.push(*id);
+            }
+        }
+        isr.sort_unstable();
+        let mut current = self.isr.clone();
+        current.sort_unstable();
+        (isr != current).then_some(isr)
     }
 }
 
@@ -693,5 +765,87 @@ fn appended(info: &AppendInfo, log_start_offset: u64) -> Appended {
         log_append_time: info.log_append_time,
         log_start_offset,
         next_offset: info.last_offset + 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAG: i64 = 2000;
+
+    /// Leader 0 in an epoch starting at 10, followers 1 and 2 at `leos`
+    /// (caught up at the given times), ISR `isr`.
+    fn leader(isr: &[u32], followers: &[(u32, u64, i64)]) -> LeaderState {
+        LeaderState {
+            me: 0,
+            epoch: 3,
+            epoch_start: 10,
+            replicas: vec![0, 1, 2],
+            isr: isr.to_vec(),
+            followers: followers
+                .iter()
+                .map(|&(id, leo, caught_up_ms)| {
+                    let mut f = FollowerProgress::new(caught_up_ms);
+                    f.leo = leo;
+                    (id, f)
+                })
+                .collect(),
+            isr_proposed_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_member_that_stopped_fetching_leaves_although_it_holds_the_high_watermark() {
+        // Follower 2 stopped at 40 and last reached the log end at t=1000;
+        // it holds the high watermark at 40.
+        let l = leader(&[0, 1, 2], &[(1, 100, 9_000), (2, 40, 1_000)]);
+        let hw = l.high_watermark(100);
+        assert_eq!(hw, 40);
+        assert_eq!(l.isr_proposal(100, hw, 9_000, LAG), Some(vec![0, 1]));
+        // Within replica.lag.time.max.ms it stays.
+        assert_eq!(l.isr_proposal(100, hw, 1_000 + LAG, LAG), None);
+    }
+
+    #[test]
+    fn a_replica_outside_the_isr_joins_at_the_high_watermark_and_the_epoch_start() {
+        // Follower 2 is out; the high watermark (leader and follower 1) is 100.
+        let behind = leader(&[0, 1], &[(1, 100, 9_000), (2, 99, 1_000)]);
+        assert_eq!(behind.isr_proposal(100, 100, 9_000, LAG), None);
+        let caught_up = leader(&[0, 1], &[(1, 100, 9_000), (2, 100, 9_000)]);
+        assert_eq!(
+            caught_up.isr_proposal(100, 100, 9_000, LAG),
+            Some(vec![0, 1, 2])
+        );
+        // At the high watermark but before this epoch's start (a new leader
+        // whose high watermark is still behind): not yet.
+        let before_epoch = leader(&[0, 1], &[(1, 5, 9_000), (2, 5, 9_000)]);
+        assert_eq!(before_epoch.isr_proposal(20, 5, 9_000, LAG), None);
+    }
+
+    #[test]
+    fn a_follower_keeping_pace_under_steady_production_counts_as_caught_up() {
+        let mut f = FollowerProgress::new(0);
+        // The leader's end moves on between fetches: the follower is never
+        // at the end, but always reaches where the end was one fetch ago.
+        f.fetched(0, 10, 100);
+        assert_eq!(f.caught_up_ms, 0, "behind, and no fetch before");
+        f.fetched(10, 20, 200);
+        assert_eq!(f.caught_up_ms, 100, "had what the leader had at t=100");
+        f.fetched(20, 30, 300);
+        assert_eq!(f.caught_up_ms, 200);
+        f.fetched(30, 30, 400);
+        assert_eq!(f.caught_up_ms, 400, "at the end");
+        // A follower falling behind keeps its last caught-up time.
+        f.fetched(31, 90, 500);
+        f.fetched(35, 150, 600);
+        f.fetched(40, 210, 5_000);
+        assert_eq!((f.leo, f.caught_up_ms), (40, 400));
+    }
+
+    #[test]
+    fn an_unchanged_isr_proposes_nothing() {
+        let l = leader(&[2, 0, 1], &[(1, 100, 9_000), (2, 100, 9_000)]);
+        assert_eq!(l.isr_proposal(100, 100, 9_000, LAG), None);
     }
 }

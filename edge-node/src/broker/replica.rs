@@ -11,10 +11,12 @@
 //!   everything below `o`; the leader records it, moves the high watermark
 //!   to the smallest log end offset in the ISR, and answers with batches
 //!   from `o` up to its log end (waiting up to `max_wait_ms` for new ones).
-//!   Every [`ISR_CHECK_MS`] a leader drops followers that have not reached
-//!   its log end for `replica-lag-time-max-ms` and adds back replicas that
-//!   reached the high watermark (and the start of its epoch), through the
-//!   controller (`AlterIsr`, valid only in the leader's current epoch).
+//!   Every [`ISR_CHECK_MS`] a leader drops members that have not been
+//!   caught up for `replica-lag-time-max-ms` and adds back replicas outside
+//!   the ISR that reached the high watermark (and the start of its epoch),
+//!   through the controller (`AlterIsr`, valid only in the leader's current
+//!   epoch); see [`LeaderState::isr_proposal`] and
+//!   [`FollowerProgress::fetched`].
 //! - **Follower** (KIP-101): first asks the leader where its own latest
 //!   epoch ended and truncates there (never just to its high watermark),
 //!   then fetches from its log end, appends the batches as they are (offsets
@@ -160,15 +162,7 @@ impl Broker {
                     .replicas
                     .iter()
                     .filter(|r| **r != me)
-                    .map(|r| {
-                        (
-                            *r,
-                            FollowerProgress {
-                                leo: 0,
-                                caught_up_ms: now,
-                            },
-                        )
-                    })
+                    .map(|r| (*r, FollowerProgress::new(now)))
                     .collect();
                 p.with_role(|role| {
                     *role = Role::Leader(LeaderState {
@@ -522,10 +516,7 @@ impl Broker {
             if let Role::Leader(l) = role
                 && let Some(f) = l.followers.get_mut(&replica_id)
             {
-                f.leo = offset;
-                if offset >= end {
-                    f.caught_up_ms = now;
-                }
+                f.fetched(offset, end, now);
             }
         });
         p.with_log(|log| {
@@ -799,28 +790,7 @@ async fn isr_loop(broker: std::sync::Weak<Broker>) {
                 if now - l.isr_proposed_ms < ISR_REPROPOSE_MS {
                     return None;
                 }
-                let mut isr: Vec<u32> = l
-                    .isr
-                    .iter()
-                    .copied()
-                    .filter(|r| {
-                        *r == l.me
-                            || l.followers
-                                .get(r)
-                                .is_some_and(|f| f.leo >= end || now - f.caught_up_ms <= lag)
-                    })
-                    .collect();
-                for (id, f) in &l.followers {
-                    if !isr.contains(id) && f.leo >= hw && f.leo >= l.epoch_start {
-                        isr.push(*id);
-                    }
-                }
-                isr.sort_unstable();
-                let mut current = l.isr.clone();
-                current.sort_unstable();
-                if isr == current {
-                    return None;
-                }
+                let isr = l.isr_proposal(end, hw, now, lag)?;
                 l.isr_proposed_ms = now;
                 Some((l.me, l.epoch, isr))
             });
