@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod failures;
 pub mod memory;
 pub mod plugins;
 pub mod runtime;

@@ -46,6 +46,7 @@ use super::partition::{
 use super::{Broker, BrokerError, FETCH_MAX_WAIT_MS_MAX, FETCH_RESPONSE_BYTES_MAX, Topic, now_ms};
 use crate::cluster::Cluster;
 use crate::cluster::state::{ClusterState, ClusterTopic, Command};
+use crate::failures::FailureRun;
 
 /// How often leaders check their ISR.
 pub const ISR_CHECK_MS: u64 = 200;
@@ -57,9 +58,6 @@ pub const REPLICA_FETCH_BYTES: u32 = 4 * 1024 * 1024;
 pub const REPLICA_FETCH_WAIT_MS: u32 = 500;
 /// Pause after a failed replica fetch.
 const FOLLOWER_BACKOFF_MS: u64 = 100;
-/// How long a follower's requests to its leader keep failing before it says
-/// so at warn level (and again every as long while they do).
-const FOLLOWER_COMPLAIN_MS: u64 = 5000;
 /// Longest wait of an `acks=all` produce without a timeout of its own.
 pub const ACKS_ALL_WAIT_MS_DEFAULT: u32 = 30_000;
 
@@ -926,45 +924,6 @@ async fn follow(
     }
 }
 
-/// A run of failed requests from a follower to its leader. Single failures
-/// are common around elections and stay at debug level; a run that lasts
-/// [`FOLLOWER_COMPLAIN_MS`] is logged as a warning (again every as long), so
-/// a follower that cannot replicate shows at the default log level.
-#[derive(Default)]
-struct FailureRun {
-    since: Option<Instant>,
-    warned: Option<Instant>,
-}
-
-impl FailureRun {
-    /// Records a failure: logs `what` at warn level when the run
-    /// has lasted [`FOLLOWER_COMPLAIN_MS`] since it began or since the last
-    /// warning, at debug level otherwise.
-    fn failed(&mut self, what: impl FnOnce() -> String) {
-        match self.failed_at(Instant::now()) {
-            Some(lasted) => warn!("{} (failing for {:.1} s)", what(), lasted.as_secs_f64()),
-            None => debug!("{}", what()),
-        }
-    }
-
-    /// Records a failure at `now`; returns how long the run has lasted when
-    /// a warning is due.
-    fn failed_at(&mut self, now: Instant) -> Option<Duration> {
-        let since = *self.since.get_or_insert(now);
-        let last = self.warned.unwrap_or(since);
-        if now.saturating_duration_since(last) < Duration::from_millis(FOLLOWER_COMPLAIN_MS) {
-            return None;
-        }
-        self.warned = Some(now);
-        Some(now.saturating_duration_since(since))
-    }
-
-    /// Ends the run (a request succeeded).
-    fn ok(&mut self) {
-        *self = FailureRun::default();
-    }
-}
-
 fn storage_error(e: eddy_core::log::LogError) -> BrokerError {
     BrokerError::new(ErrorCode::KafkaStorageError, e.to_string())
 }
@@ -1107,33 +1066,4 @@ async fn check_log_start(
         .map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_run_of_failures_warns_after_the_complaint_interval_and_then_every_as_long() {
-        let every = Duration::from_millis(FOLLOWER_COMPLAIN_MS);
-        let t0 = Instant::now();
-        let mut run = FailureRun::default();
-        assert_eq!(run.failed_at(t0), None, "a single failure stays at debug");
-        assert_eq!(run.failed_at(t0 + every / 2), None);
-        assert_eq!(
-            run.failed_at(t0 + every),
-            Some(every),
-            "the run lasted one interval"
-        );
-        assert_eq!(
-            run.failed_at(t0 + every + every / 2),
-            None,
-            "warned just now"
-        );
-        assert_eq!(run.failed_at(t0 + every * 2), Some(every * 2));
-        // A success ends the run: the next failure starts a new one.
-        run.ok();
-        assert_eq!(run.failed_at(t0 + every * 3), None);
-        assert_eq!(run.failed_at(t0 + every * 4), Some(every));
-    }
 }

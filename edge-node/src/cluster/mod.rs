@@ -48,6 +48,7 @@ use smol::Task;
 
 use crate::broker::{Broker, BrokerError};
 use crate::config::{NodeConfig, Voter};
+use crate::failures::FailureRun;
 use crate::runtime::RuntimeHandle;
 use raft_log::DiskStorage;
 use state::{Applied, ApplyContext, ClusterState, Command};
@@ -816,6 +817,7 @@ async fn send_loop(
     peer: Arc<Peer>,
     outgoing: async_channel::Receiver<Message>,
 ) {
+    let mut failing = FailureRun::default();
     while let Ok(first) = outgoing.recv().await {
         let Some(c) = cluster.upgrade() else { return };
         let mut batch = vec![first];
@@ -842,12 +844,15 @@ async fn send_loop(
             },
         };
         drop(c);
-        if let Err(e) = peer.control.request(header, &payload).await {
-            debug!("Raft messages to node {} failed: {e}", peer.id);
-            if let Some(c) = cluster.upgrade() {
-                let _ = c.inbox.try_send(Input::Unreachable(raft_id(peer.id)));
+        match peer.control.request(header, &payload).await {
+            Ok(_) => failing.ok(),
+            Err(e) => {
+                failing.failed(|| format!("Raft messages to node {} failed: {e}", peer.id));
+                if let Some(c) = cluster.upgrade() {
+                    let _ = c.inbox.try_send(Input::Unreachable(raft_id(peer.id)));
+                }
+                smol::Timer::after(Duration::from_millis(100)).await;
             }
-            smol::Timer::after(Duration::from_millis(100)).await;
         }
     }
 }
@@ -864,14 +869,18 @@ async fn heartbeat_loop(cluster: Weak<Cluster>) {
         .into_iter()
         .map(|peer| {
             rt.spawn(async move {
+                let mut failing = FailureRun::default();
                 loop {
                     let header = RequestHeader {
                         version: PROTOCOL_VERSION,
                         request: Request::BrokerHeartbeat { node_id: me },
                     };
                     let started = Instant::now();
-                    if let Err(e) = peer.control.request(header, &[]).await {
-                        debug!("heartbeat to node {} failed: {e}", peer.id);
+                    match peer.control.request(header, &[]).await {
+                        Ok(_) => failing.ok(),
+                        Err(e) => {
+                            failing.failed(|| format!("heartbeat to node {} failed: {e}", peer.id))
+                        }
                     }
                     let left = period.saturating_sub(started.elapsed());
                     smol::Timer::after(left.max(Duration::from_millis(10))).await;
