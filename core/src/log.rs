@@ -666,8 +666,7 @@ impl PartitionLog {
         }
         self.recovery_point = end;
         self.durable_offset = self.durable_offset.max(end);
-        self.unflushed_records = 0;
-        self.first_unflushed_ms = None;
+        self.clear_unflushed();
         self.maybe_checkpoint(now_ms)
     }
 
@@ -677,10 +676,6 @@ impl PartitionLog {
         self.check_writable()?;
         let end = self.log_end_offset();
         if self.durable_offset >= end {
-            // Nothing is unflushed (what was went with a truncation): no
-            // flush is due until the next append.
-            self.unflushed_records = 0;
-            self.first_unflushed_ms = None;
             return Ok(None);
         }
         let files = self
@@ -690,9 +685,14 @@ impl PartitionLog {
             .take_while(|s| s.next_offset() > self.durable_offset)
             .map(|s| s.log_file().clone())
             .collect();
+        self.clear_unflushed();
+        Ok(Some(SyncJob { files, up_to: end }))
+    }
+
+    /// No appended record waits for a flush (`flush.messages`, `flush.ms`).
+    fn clear_unflushed(&mut self) {
         self.unflushed_records = 0;
         self.first_unflushed_ms = None;
-        Ok(Some(SyncJob { files, up_to: end }))
     }
 
     /// Records the outcome of a [`SyncJob`]; a failure poisons the log.
@@ -880,8 +880,7 @@ impl PartitionLog {
         if self.durable_offset >= end {
             // The unflushed records were all cut: no flush is due (else
             // `flush_due` would stay true with nothing to sync).
-            self.unflushed_records = 0;
-            self.first_unflushed_ms = None;
+            self.clear_unflushed();
         }
         self.cleaned_offset = self.cleaned_offset.min(end);
         let before = self.epochs.len();

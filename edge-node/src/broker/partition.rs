@@ -150,26 +150,24 @@ impl LeaderState {
         now_ms: i64,
         lag_ms: i64,
     ) -> Option<Vec<u32>> {
-        let mut isr: Vec<u32> =
-            self.isr
-                .iter()
-                .copied()
-                .filter(|r| {
-                    *r == self.me
-                        || self.followers.get(r).is_some_and(|f| {
-                            f.leo >= leader_end || now_ms - f.caught_up_ms <= lag_ms
-                        })
-                })
-                .collect();
-        for (id, f) in &self.followers {
-            if !self.isr.contains(id) && f.leo >= hw && f.leo >= self.epoch_start {
-                isr.push(*id);
-            }
-        }
-        isr.sort_unstable();
-        let mut current = self.isr.clone();
-        current.sort_unstable();
-        (isr != current).then_some(isr)
+        let caught_up =
+            |f: &FollowerProgress| f.leo >= leader_end || now_ms - f.caught_up_ms <= lag_ms;
+        let mut isr: Vec<u32> = self
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| *r == self.me || self.followers.get(r).is_some_and(caught_up))
+            .collect();
+        let kept = isr.len();
+        isr.extend(self.followers.iter().filter_map(|(id, f)| {
+            (!self.isr.contains(id) && f.leo >= hw && f.leo >= self.epoch_start).then_some(*id)
+        }));
+        // Members only leave and non-members only join: a change is one or
+        // the other.
+        (kept < self.isr.len() || isr.len() > kept).then(|| {
+            isr.sort_unstable();
+            isr
+        })
     }
 }
 
