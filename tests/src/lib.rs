@@ -251,6 +251,25 @@ fn read_lossy(path: &Path) -> String {
     }
 }
 
+/// CPU time (user + system) process `pid` has used so far, from
+/// `/proc/PID/stat` (clock ticks, usually 10 ms); `None` where that cannot be
+/// read (the process is gone, or this is not Linux).
+pub fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count
+    // fields from after its closing parenthesis, where field 3 starts.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf(3) takes an integer and touches no memory of ours.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
+    Some(Duration::from_nanos(
+        (utime + stime).saturating_mul(1_000_000_000) / ticks,
+    ))
+}
+
 /// A node started for a test: the process, its data directory and its address.
 #[derive(Debug)]
 pub struct Node {
@@ -484,6 +503,11 @@ impl TestCluster {
         self.paused[i] = false;
     }
 
+    /// Node `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].as_ref().map(|n| n.process.id())
+    }
+
     /// Kills node `i` with SIGKILL.
     pub fn kill9(&mut self, i: usize) {
         if let Some(node) = self.nodes[i].take() {
@@ -601,5 +625,33 @@ impl Drop for TestCluster {
             // Each Node's EddyProcess kills its process on drop.
             self.nodes[i] = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_grows_while_this_process_works() {
+        let before = process_cpu_time(std::process::id()).expect("read /proc/self/stat");
+        let started = Instant::now();
+        let mut x = 0u64;
+        // Work until the clock-tick counter moves (bounded at 5 s).
+        while started.elapsed() < Duration::from_secs(5) {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            if process_cpu_time(std::process::id()).is_some_and(|now| now > before) {
+                return;
+            }
+        }
+        panic!("no CPU time counted after 5 s of work ({x})");
+    }
+
+    #[test]
+    fn cpu_time_of_no_process_is_none() {
+        // Above the kernel's pid limit (at most 2^22).
+        assert_eq!(process_cpu_time(u32::MAX), None);
     }
 }

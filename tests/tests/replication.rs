@@ -15,7 +15,7 @@ use eddy_core::batch::BatchIter;
 use eddy_core::config::LogConfig;
 use eddy_core::log::PartitionLog;
 use eddy_core::storage::FsStorage;
-use eddy_tests::{TestCluster, wait_until};
+use eddy_tests::{TestCluster, process_cpu_time, wait_until};
 
 /// Most time any wait below takes.
 const WAIT: Duration = Duration::from_secs(60);
@@ -760,12 +760,95 @@ fn throughput(client: &Client, topic: &str, acks: Acks, count: u32, size: usize)
     })
 }
 
+/// CPU time used by each node and by this process (the client) during
+/// measured runs, from `/proc`.
+#[derive(Default)]
+struct CpuUse {
+    nodes: [Duration; 3],
+    client: Duration,
+    /// A reading failed (no `/proc`, or a node was not running).
+    missing: bool,
+}
+
+impl CpuUse {
+    /// Runs `f`, adding the CPU each process used meanwhile.
+    fn during<T>(&mut self, cluster: &TestCluster, f: impl FnOnce() -> T) -> T {
+        let read = || {
+            let nodes: Option<Vec<Duration>> = (0..3)
+                .map(|i| cluster.pid(i).and_then(process_cpu_time))
+                .collect();
+            Some((nodes?, process_cpu_time(std::process::id())?))
+        };
+        let before = read();
+        let out = f();
+        let after = read();
+        self.missing |= before.is_none() || after.is_none();
+        if let (Some((b, bc)), Some((a, ac))) = (before, after) {
+            for i in 0..3 {
+                self.nodes[i] += a[i].saturating_sub(b[i]);
+            }
+            self.client += ac.saturating_sub(bc);
+        }
+        out
+    }
+
+    /// Microseconds of CPU per record, the partition's leader apart.
+    fn per_record(&self, records: u32, leader: Option<u32>) -> Option<CpuPerRecord> {
+        let leader = usize::try_from(leader?).ok().filter(|l| *l < 3)?;
+        if self.missing || records == 0 {
+            return None;
+        }
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(records);
+        Some(CpuPerRecord {
+            leader_id: leader,
+            leader: us(self.nodes[leader]),
+            others: (0..3)
+                .filter(|i| *i != leader)
+                .map(|i| us(self.nodes[i]))
+                .collect(),
+            client: us(self.client),
+        })
+    }
+}
+
+/// CPU per record in microseconds.
+struct CpuPerRecord {
+    leader_id: usize,
+    leader: f64,
+    others: Vec<f64>,
+    client: f64,
+}
+
+impl CpuPerRecord {
+    fn total(&self) -> f64 {
+        self.leader + self.others.iter().sum::<f64>() + self.client
+    }
+}
+
+impl std::fmt::Display for CpuPerRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let others: Vec<String> = self.others.iter().map(|o| format!("{o:.2}")).collect();
+        write!(
+            f,
+            "leader (node {}) {:.2} µs, other nodes {} µs, client {:.2} µs, total {:.2} µs",
+            self.leader_id,
+            self.leader,
+            others.join(" + "),
+            self.client,
+            self.total()
+        )
+    }
+}
+
 /// Benchmark (run with `--ignored`): produce throughput with RF=3
 /// `acks=all` against RF=1 `acks=1` in the same run, and the failover time
 /// after `kill -9` of a leader, with the node's and the client's default
 /// timeouts: when the new leader is in the metadata, and when a producer that
 /// was talking to the old leader has its next `acks=all` record acknowledged.
-/// On a shared machine compare the ratio, not the absolute numbers.
+/// On a shared machine compare the ratio, not the absolute numbers. The CPU
+/// each node and the client used per record in the same runs (from `/proc`)
+/// is printed too: with every node on one machine, RF=3's followers take their
+/// CPU from the same cores as the leader and the client.
 #[test]
 #[ignore = "benchmark: cargo test -p eddy-tests --test replication -- --ignored bench"]
 fn bench_replication_throughput_and_failover() {
@@ -781,15 +864,37 @@ fn bench_replication_throughput_and_failover() {
     throughput(&client, "rf1", Acks::Leader, 2000, size);
     throughput(&client, "rf3", Acks::All, 2000, size);
     let (mut rf1, mut rf3) = (0.0, 0.0);
+    let (mut cpu1, mut cpu3) = (CpuUse::default(), CpuUse::default());
     for _ in 0..3 {
-        rf1 += throughput(&client, "rf1", Acks::Leader, count, size) / 3.0;
-        rf3 += throughput(&client, "rf3", Acks::All, count, size) / 3.0;
+        rf1 += cpu1.during(&cluster, || {
+            throughput(&client, "rf1", Acks::Leader, count, size)
+        }) / 3.0;
+        rf3 += cpu3.during(&cluster, || {
+            throughput(&client, "rf3", Acks::All, count, size)
+        }) / 3.0;
     }
     println!(
         "produce {count} x {size} B (mean of 3 alternating runs): RF=1 acks=1 {rf1:.0} rec/s, \
          RF=3 acks=all {rf3:.0} rec/s, ratio {:.2}",
         rf3 / rf1
     );
+    let leader1 = smol::block_on(leader(&client, "rf1", 0));
+    let leader3 = smol::block_on(leader(&client, "rf3", 0));
+    match (
+        cpu1.per_record(3 * count, leader1),
+        cpu3.per_record(3 * count, leader3),
+    ) {
+        (Some(one), Some(three)) => {
+            println!("CPU per record, same runs: RF=1 acks=1: {one}; RF=3 acks=all: {three}");
+            println!(
+                "records per CPU second, RF=3 acks=all against RF=1 acks=1: {:.2} for the \
+                 nodes and the client together, {:.2} for the leader alone",
+                one.total() / three.total(),
+                one.leader / three.leader
+            );
+        }
+        _ => println!("CPU per record: not available (needs /proc)"),
+    }
 
     // Failover twice: a leader that is not the controller, then one that
     // is (a metadata quorum election first). Killed nodes come back between.
