@@ -11,8 +11,9 @@ use crate::index::{OffsetIndex, TimeIndex};
 use crate::layout::{self, FileState, SegmentFile};
 use crate::storage::{OpenMode, Storage, StorageFile};
 
-/// How much a header walk reads at once: several small batches' headers per read,
-/// one read per large batch.
+/// How much a header walk reads at once: several small batches' headers per
+/// read. After a batch at least this long it reads just the next header: the
+/// chunk would hold no other.
 const HEADER_READ_BYTES: usize = 8 * 1024;
 /// How much recovery reads at once.
 const RECOVERY_READ_BYTES: usize = 4 * 1024 * 1024;
@@ -592,6 +593,8 @@ struct HeaderWalker<'a> {
     end: u64,
     buf: Vec<u8>,
     buf_start: u64,
+    /// The length of the batch walked last (0 before the first).
+    last_len: u64,
 }
 
 impl<'a> HeaderWalker<'a> {
@@ -602,6 +605,7 @@ impl<'a> HeaderWalker<'a> {
             end,
             buf: Vec::new(),
             buf_start: 0,
+            last_len: 0,
         }
     }
 
@@ -612,7 +616,14 @@ impl<'a> HeaderWalker<'a> {
         let in_buf = self.pos >= self.buf_start
             && self.pos + HEADER_LEN as u64 <= self.buf_start + self.buf.len() as u64;
         if !in_buf {
-            let n = (self.end - self.pos).min(HEADER_READ_BYTES as u64) as usize;
+            // Batches as long as a chunk (producers' default is 16 KiB) are
+            // usually followed by more like them.
+            let chunk = if self.last_len >= HEADER_READ_BYTES as u64 {
+                HEADER_LEN
+            } else {
+                HEADER_READ_BYTES
+            };
+            let n = (self.end - self.pos).min(chunk as u64) as usize;
             self.buf.resize(n, 0);
             self.file.read_exact_at(&mut self.buf, self.pos)?;
             self.buf_start = self.pos;
@@ -631,6 +642,7 @@ impl<'a> HeaderWalker<'a> {
             header,
         };
         self.pos += header.total_len();
+        self.last_len = header.total_len();
         Ok(Some(loc))
     }
 }

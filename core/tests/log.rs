@@ -83,6 +83,54 @@ fn segments_roll_on_size_and_reads_cross_them() {
 }
 
 #[test]
+fn reads_over_large_batches_read_only_their_headers() {
+    let (disk, st) = sim();
+    let c = config(&[
+        ("segment.bytes", "1048576"),
+        ("segment.index.bytes", "4096"),
+        ("retention.ms", "-1"),
+    ]);
+    let mut log = open(&st, c, 0);
+    let big = vec![b'x'; 20_000];
+    let big_batch = |tag: &str| {
+        let value = [tag.as_bytes(), &big].concat();
+        batch(&[(None, Some(&value))], 10, Compression::None)
+    };
+    // Large batches, small ones, then large ones again: one record each.
+    let mut tags = Vec::new();
+    for i in 0..40 {
+        let tag = format!("{i}:");
+        let mut b = if (10..30).contains(&i) {
+            numbered(&tag, 1, 1, 10)
+        } else {
+            big_batch(&tag)
+        };
+        log.append(&mut b, -1, 0).unwrap();
+        tags.push(tag);
+    }
+    log.set_high_watermark(log.log_end_offset());
+    // Every record comes back once, in order, from any mix of sizes.
+    let all = read_all(&log, 0, 40);
+    assert_eq!(all.len(), 40);
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(r.0, i as u64);
+        let value = r.2.as_deref().unwrap_or_default();
+        assert!(value.starts_with(tags[i].as_bytes()), "record {i}");
+    }
+    for from in [0u64, 5, 9, 10, 11, 29, 30, 31, 39] {
+        let s = log.read(from, 1 << 20, 40).unwrap().unwrap();
+        assert_eq!((s.first_offset, s.next_offset), (from, 40), "from {from}");
+    }
+    // Finding the last ten large batches reads one chunk, then only headers
+    // (it read a chunk per header before).
+    let before = disk.stats();
+    let s = log.read(30, 1 << 20, 40).unwrap().unwrap();
+    assert_eq!((s.first_offset, s.next_offset), (30, 40));
+    let read = disk.stats().bytes_read - before.bytes_read;
+    assert!(read <= 8 * 1024 + 10 * 61, "the walk read {read} bytes");
+}
+
+#[test]
 fn segments_roll_on_segment_ms_and_on_a_full_index() {
     let (_disk, st) = sim();
     let mut log = open(
