@@ -100,7 +100,10 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<()> {
             );
             if controller.is_none() {
                 eprintln!(
-                    "no controller elected: a majority of controller-quorum-voters must be up"
+                    "this node knows no controller: either a majority of \
+                     controller-quorum-voters is down, or the node has just started and not \
+                     yet heard from the controller (the states above are then what it knew \
+                     before); retry in a few seconds, or ask another node with --server"
                 );
             }
             client.close().await;
