@@ -85,8 +85,6 @@ struct Faults {
 /// Counters of what the log did to the disk.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SimStats {
-    /// `read_at` calls.
-    pub reads: u64,
     /// Bytes asked for by `read_at` calls.
     pub bytes_read: u64,
     /// `write_at` calls.
@@ -269,7 +267,6 @@ impl StorageFile for SimFile {
 
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
         self.with(|st, id| {
-            st.stats.reads += 1;
             st.stats.bytes_read += buf.len() as u64;
             let data = &inode_mut(st, id)?.current;
             let pos = pos as usize;

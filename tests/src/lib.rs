@@ -503,11 +503,6 @@ impl TestCluster {
         self.paused[i] = false;
     }
 
-    /// Node `i`'s process id, while it runs.
-    pub fn pid(&self, i: usize) -> Option<u32> {
-        self.nodes[i].as_ref().map(|n| n.process.id())
-    }
-
     /// Kills node `i` with SIGKILL.
     pub fn kill9(&mut self, i: usize) {
         if let Some(node) = self.nodes[i].take() {

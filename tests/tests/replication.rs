@@ -775,7 +775,10 @@ impl CpuUse {
     fn during<T>(&mut self, cluster: &TestCluster, f: impl FnOnce() -> T) -> T {
         let read = || {
             let nodes: Option<Vec<Duration>> = (0..3)
-                .map(|i| cluster.pid(i).and_then(process_cpu_time))
+                .map(|i| {
+                    let node = cluster.nodes[i].as_ref()?;
+                    process_cpu_time(node.process.id())
+                })
                 .collect();
             Some((nodes?, process_cpu_time(std::process::id())?))
         };
