@@ -5,8 +5,11 @@
 //! - `ca.pem`, `ca.key`: created on first start; clients trust `ca.pem`;
 //! - `server.pem`, `server.key`: a server certificate signed by that CA for
 //!   `localhost`, `127.0.0.1`, `::1` and the listen IP. It is reused on later
-//!   starts, and issued again (by the same CA, so clients keep trusting it)
-//!   when the listen IP changed to one it does not name.
+//!   starts while rustls's WebPKI verifiers accept it against `ca.pem` for
+//!   every one of those names and as a node's client certificate; otherwise
+//!   (the listen IP changed, it has expired, it lacks clientAuth, or `ca.pem`
+//!   is another CA now) it is issued again by the CA, so clients keep
+//!   trusting it.
 //!
 //! Keys are written with mode 0600 (temp file, fsync, rename). The rustls
 //! config uses the ring provider explicitly, TLS 1.3 only (QUIC needs it) and
@@ -245,16 +248,7 @@ fn generated(dir: &Path, listen: IpAddr) -> Result<Identity, TlsError> {
 
     if server_cert.exists() && server_key.exists() {
         let chain = read_chain(&server_cert)?;
-        // read_chain refuses a file without a certificate.
-        let leaf = chain.first().map_or(&[][..], |c| c.as_ref());
-        let stale = if !names_ips(&names).all(|ip| der_has_ip_san(leaf, ip)) {
-            Some(format!("does not name the listen address {listen}"))
-        } else if !der_allows_client_auth(leaf) {
-            Some("does not allow client authentication (nodes present it to each other)".into())
-        } else {
-            None
-        };
-        let Some(stale) = stale else {
+        let Some(stale) = unusable_reason(&chain, &ca_cert, &names) else {
             info!(
                 "TLS certificate {} (clients trust {})",
                 server_cert.display(),
@@ -345,37 +339,64 @@ fn issue_server(
     })
 }
 
-fn names_ips(names: &[String]) -> impl Iterator<Item = IpAddr> + '_ {
-    names.iter().filter_map(|n| n.parse().ok())
-}
-
-/// Whether a DER certificate allows client authentication: its extended key
-/// usage holds the OID id-kp-clientAuth (1.3.6.1.5.5.7.3.2), encoded `0x06 8
-/// 2b 06 01 05 05 07 03 02`. Certificates made before node certificates
-/// carried it do not.
-fn der_allows_client_auth(cert: &[u8]) -> bool {
-    const CLIENT_AUTH: [u8; 10] = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
-    cert.windows(CLIENT_AUTH.len()).any(|w| w == CLIENT_AUTH)
-}
-
-/// Whether a certificate names `ip` in its subject alternative names.
-///
-/// A SAN iPAddress is the DER item `[7]` with the address bytes: `0x87 4
-/// a b c d` or `0x87 16 ...`; six or eighteen bytes that a certificate does
-/// not hold by accident.
-pub fn der_has_ip_san(cert: &[u8], ip: IpAddr) -> bool {
-    let mut needle = vec![0x87];
-    match ip {
-        IpAddr::V4(v4) => {
-            needle.push(4);
-            needle.extend_from_slice(&v4.octets());
-        }
-        IpAddr::V6(v6) => {
-            needle.push(16);
-            needle.extend_from_slice(&v6.octets());
+/// Why a kept server certificate cannot be used as it is, or `None` when it
+/// can. It is checked the way it will be used, with rustls's WebPKI
+/// verifiers against `ca_file`: by clients, as a server certificate for each
+/// of `names`; by the other nodes of a cluster, as a client certificate. So
+/// a certificate that names an old listen address, lacks the clientAuth
+/// usage (made before node certificates carried it), has expired, or was
+/// issued by a CA that `ca_file` no longer holds is issued again.
+fn unusable_reason(
+    chain: &[CertificateDer<'static>],
+    ca_file: &Path,
+    names: &[String],
+) -> Option<String> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Some("holds no certificate".to_owned());
+    };
+    let roots = match ca_roots(ca_file) {
+        Ok(roots) => roots,
+        Err(e) => return Some(format!("cannot be checked against its CA: {e}")),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let now = rustls_pki_types::UnixTime::now();
+    let server = match rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots.clone()),
+        provider.clone(),
+    )
+    .build()
+    {
+        Ok(verifier) => verifier,
+        Err(e) => return Some(format!("cannot be checked against its CA: {e}")),
+    };
+    for name in names {
+        let server_name = match rustls_pki_types::ServerName::try_from(name.as_str()) {
+            Ok(server_name) => server_name,
+            Err(e) => return Some(format!("cannot be checked for the name {name}: {e}")),
+        };
+        if let Err(e) = rustls::client::danger::ServerCertVerifier::verify_server_cert(
+            &*server,
+            leaf,
+            intermediates,
+            &server_name,
+            &[],
+            now,
+        ) {
+            return Some(format!(
+                "is not a valid server certificate for {name} ({e})"
+            ));
         }
     }
-    cert.windows(needle.len()).any(|w| w == needle.as_slice())
+    let client = match node_verifier(roots, provider) {
+        Ok(verifier) => verifier,
+        Err(e) => return Some(format!("cannot be checked against its CA: {e}")),
+    };
+    match client.verify_client_cert(leaf, intermediates, now) {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "is not a valid client certificate, which nodes present to each other ({e})"
+        )),
+    }
 }
 
 fn read_text(path: &Path) -> Result<String, TlsError> {
@@ -564,10 +585,12 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{key} mode {mode:o}");
         }
-        let leaf = &first.chain[0];
-        assert!(der_has_ip_san(leaf, "127.0.0.1".parse().expect("ip")));
-        assert!(der_has_ip_san(leaf, "::1".parse().expect("ip")));
-        assert!(!der_has_ip_san(leaf, "10.1.2.3".parse().expect("ip")));
+        let ca = tls.join(CA_CERT_FILE);
+        let loopback = subject_alt_names("127.0.0.1".parse().expect("ip"));
+        assert_eq!(unusable_reason(&first.chain, &ca, &loopback), None);
+        let elsewhere = subject_alt_names("10.1.2.3".parse().expect("ip"));
+        let reason = unusable_reason(&first.chain, &ca, &elsewhere).expect("wrong address");
+        assert!(reason.contains("for 10.1.2.3"), "{reason}");
 
         let ca_before = std::fs::read(tls.join(CA_CERT_FILE)).expect("ca");
         let again = load_or_create(&config(dir.path(), "127.0.0.1:0")).expect("reuse");
@@ -575,10 +598,7 @@ mod tests {
 
         // A new listen IP gets a new server certificate from the same CA.
         let moved = load_or_create(&config(dir.path(), "10.1.2.3:7878")).expect("reissue");
-        assert!(der_has_ip_san(
-            &moved.chain[0],
-            "10.1.2.3".parse().expect("ip")
-        ));
+        assert_eq!(unusable_reason(&moved.chain, &ca, &elsewhere), None);
         assert_eq!(
             std::fs::read(tls.join(CA_CERT_FILE)).expect("ca"),
             ca_before
@@ -590,8 +610,7 @@ mod tests {
     fn a_kept_certificate_without_client_auth_is_reissued() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = config(dir.path(), "127.0.0.1:0");
-        let first = load_or_create(&cfg).expect("create");
-        assert!(der_allows_client_auth(&first.chain[0]));
+        load_or_create(&cfg).expect("create");
         // A server certificate from before node certificates allowed client
         // authentication: same CA and names, serverAuth only.
         let tls = dir.path().join(TLS_DIR);
@@ -604,13 +623,65 @@ mod tests {
                 .expect("params");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let old = params.signed_by(&key, &issuer).expect("sign");
-        assert!(!der_allows_client_auth(old.der()));
+        let (ca, names) = (tls.join(CA_CERT_FILE), subject_alt_names(cfg.listen.ip()));
+        let reason = unusable_reason(&[old.der().clone()], &ca, &names).expect("no clientAuth");
+        assert!(reason.contains("client certificate"), "{reason}");
         write_public(&tls.join(SERVER_CERT_FILE), old.pem().as_bytes()).expect("write");
         write_private(&tls.join(SERVER_KEY_FILE), key.serialize_pem().as_bytes()).expect("write");
 
         let again = load_or_create(&cfg).expect("reissue");
         assert_ne!(again.chain[0], *old.der(), "not kept");
-        assert!(der_allows_client_auth(&again.chain[0]));
+        assert_eq!(unusable_reason(&again.chain, &ca, &names), None);
+    }
+
+    #[test]
+    fn a_kept_certificate_of_a_replaced_ca_is_reissued() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path(), "127.0.0.1:0");
+        let first = load_or_create(&cfg).expect("create");
+        // The CA files are replaced (say, restored from another node's
+        // backup); the kept server certificate is not issued by this CA.
+        let tls = dir.path().join(TLS_DIR);
+        let (ca, ca_key) = (tls.join(CA_CERT_FILE), tls.join(CA_KEY_FILE));
+        create_shared_ca(&ca, &ca_key).expect("new CA");
+        let names = subject_alt_names(cfg.listen.ip());
+        let reason = unusable_reason(&first.chain, &ca, &names).expect("other issuer");
+        assert!(reason.contains("server certificate"), "{reason}");
+
+        let again = load_or_create(&cfg).expect("reissue");
+        assert_ne!(again.chain, first.chain, "not kept");
+        assert_eq!(unusable_reason(&again.chain, &ca, &names), None);
+        verify_with(&ca, &again);
+    }
+
+    #[test]
+    fn a_kept_certificate_that_expired_is_reissued() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path(), "127.0.0.1:0");
+        load_or_create(&cfg).expect("create");
+        let tls = dir.path().join(TLS_DIR);
+        let ca_key = KeyPair::from_pem(&read_text(&tls.join(CA_KEY_FILE)).expect("ca key"))
+            .expect("parse CA key");
+        let issuer = Issuer::new(ca_params().expect("params"), ca_key);
+        let key = KeyPair::generate().expect("key");
+        let names = subject_alt_names(cfg.listen.ip());
+        let mut params = CertificateParams::new(names.clone()).expect("params");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let old = params.signed_by(&key, &issuer).expect("sign");
+        let ca = tls.join(CA_CERT_FILE);
+        let reason = unusable_reason(&[old.der().clone()], &ca, &names).expect("expired");
+        assert!(reason.to_lowercase().contains("expired"), "{reason}");
+        write_public(&tls.join(SERVER_CERT_FILE), old.pem().as_bytes()).expect("write");
+        write_private(&tls.join(SERVER_KEY_FILE), key.serialize_pem().as_bytes()).expect("write");
+
+        let again = load_or_create(&cfg).expect("reissue");
+        assert_ne!(again.chain[0], *old.der(), "not kept");
+        assert_eq!(unusable_reason(&again.chain, &ca, &names), None);
     }
 
     #[test]
