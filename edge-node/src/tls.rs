@@ -89,6 +89,23 @@ pub enum TlsError {
     /// The config cannot be used for QUIC.
     #[error("QUIC TLS setup failed: {0}")]
     Quic(String),
+    /// A configured `tls-cert` that the other nodes would refuse.
+    #[error(
+        "{} {reason}; in a cluster tls-cert must be issued by tls-ca ({}) and allow client \
+         authentication (no extended key usage, or one that includes clientAuth): issue it \
+         again, or leave tls-cert and tls-key unset so the node gets one from tls-ca and \
+         tls-ca-key",
+        cert.display(),
+        ca.display()
+    )]
+    NodeCertificate {
+        /// The configured certificate.
+        cert: PathBuf,
+        /// The CA the nodes trust.
+        ca: PathBuf,
+        /// Why they would refuse it.
+        reason: String,
+    },
     /// The check of the other nodes' certificates cannot be built from tls-ca.
     #[error("cannot check the other nodes' certificates with tls-ca: {0}")]
     Verifier(String),
@@ -144,7 +161,8 @@ pub fn peer_trust_file(config: &NodeConfig) -> PathBuf {
 /// one [`load_or_create`] keeps under `<data-dir>/tls/`). Issued certificates
 /// allow client authentication; a configured `tls-cert` must be issued by
 /// `tls-ca` and allow it too (no extended key usage, or one that includes
-/// clientAuth), or the other nodes refuse the handshake.
+/// clientAuth), or the other nodes would refuse the handshake, so
+/// [`quic_server_config`] refuses to start with it.
 pub fn node_client_cert(config: &NodeConfig) -> eddy_client::ClientCert {
     match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => eddy_client::ClientCert {
@@ -387,11 +405,24 @@ fn unusable_reason(
             ));
         }
     }
+    node_cert_problem(chain, roots, provider)
+}
+
+/// Why the other nodes of a cluster, trusting `roots`, would refuse `chain`
+/// as a node's client certificate (mutual TLS), or `None` when they accept it.
+fn node_cert_problem(
+    chain: &[CertificateDer<'static>],
+    roots: rustls::RootCertStore,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Option<String> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Some("holds no certificate".to_owned());
+    };
     let client = match node_verifier(roots, provider) {
         Ok(verifier) => verifier,
         Err(e) => return Some(format!("cannot be checked against its CA: {e}")),
     };
-    match client.verify_client_cert(leaf, intermediates, now) {
+    match client.verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now()) {
         Ok(_) => None,
         Err(e) => Some(format!(
             "is not a valid client certificate, which nodes present to each other ({e})"
@@ -548,7 +579,21 @@ pub fn quic_server_config(
     // the peers' certificates are checked against.
     let identity = load_or_create(config)?;
     let peer_roots = if config.is_clustered() {
-        Some(ca_roots(&peer_trust_file(config))?)
+        let trust = peer_trust_file(config);
+        let roots = ca_roots(&trust)?;
+        // A configured tls-cert is also what this node presents to the
+        // others: refuse to start with one they would refuse.
+        if let Some(cert) = &config.tls_cert {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            if let Some(reason) = node_cert_problem(&identity.chain, roots.clone(), provider) {
+                return Err(TlsError::NodeCertificate {
+                    cert: cert.clone(),
+                    ca: trust,
+                    reason,
+                });
+            }
+        }
+        Some(roots)
     } else {
         None
     };
@@ -682,6 +727,70 @@ mod tests {
         let again = load_or_create(&cfg).expect("reissue");
         assert_ne!(again.chain[0], *old.der(), "not kept");
         assert_eq!(unusable_reason(&again.chain, &ca, &names), None);
+    }
+
+    #[test]
+    fn a_configured_node_certificate_the_other_nodes_would_refuse_stops_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+        create_shared_ca(&ca, &ca_key).expect("make CA");
+        let issuer = Issuer::new(
+            ca_params().expect("params"),
+            KeyPair::from_pem(&read_text(&ca_key).expect("ca key")).expect("parse CA key"),
+        );
+        let other = tempfile::tempdir().expect("tempdir");
+        let (other_ca, other_key) = (other.path().join("ca.pem"), other.path().join("ca.key"));
+        create_shared_ca(&other_ca, &other_key).expect("other CA");
+        let stranger = Issuer::new(
+            ca_params().expect("params"),
+            KeyPair::from_pem(&read_text(&other_key).expect("ca key")).expect("parse CA key"),
+        );
+        let mut cfg = config(dir.path(), "127.0.0.1:0");
+        cfg.controller_quorum_voters = vec![format!("0@{}", cfg.listen)];
+        cfg.tls_ca = Some(ca.clone());
+        let (cert, key) = (dir.path().join("node.pem"), dir.path().join("node.key"));
+        cfg.tls_cert = Some(cert.clone());
+        cfg.tls_key = Some(key.clone());
+        let cases: [(&str, &Issuer<'_, KeyPair>, &[ExtendedKeyUsagePurpose]); 4] = [
+            (
+                "ok",
+                &issuer,
+                &[
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+            ),
+            ("ok", &issuer, &[]),
+            ("refused", &issuer, &[ExtendedKeyUsagePurpose::ServerAuth]),
+            (
+                "refused",
+                &stranger,
+                &[
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+            ),
+        ];
+        for (want, signer, usages) in cases {
+            let pair = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+            params.extended_key_usages = usages.to_vec();
+            let issued = params.signed_by(&pair, signer).expect("sign");
+            write_public(&cert, issued.pem().as_bytes()).expect("write");
+            write_private(&key, pair.serialize_pem().as_bytes()).expect("write");
+            match (want, quic_server_config(&cfg)) {
+                ("ok", Ok(_)) => {}
+                ("refused", Err(e @ TlsError::NodeCertificate { .. })) => {
+                    let message = e.to_string();
+                    assert!(message.contains("client certificate"), "{message}");
+                    assert!(message.contains("issue it again"), "{message}");
+                }
+                (_, other) => panic!("{want} with {usages:?}: {:?}", other.err()),
+            }
+        }
+        // Outside a cluster nobody checks it as a client certificate.
+        cfg.controller_quorum_voters.clear();
+        quic_server_config(&cfg).expect("single node");
     }
 
     #[test]
