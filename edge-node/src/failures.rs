@@ -2,7 +2,8 @@
 //! elections and restarts and stays at debug level; a run that lasts
 //! [`COMPLAIN_AFTER_MS`] is logged as a warning, and again every as long
 //! while it lasts, so a node that cannot reach a peer shows at the default
-//! log level without flooding it.
+//! log level without flooding it. Failures that matter from the first one
+//! (a follower's disk) warn at once, then at the same pace.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,33 @@ impl FailureRun {
         Some(now.saturating_duration_since(since))
     }
 
+    /// Records a failure that matters from the first one (a local disk
+    /// error, say): warns at once, then every [`COMPLAIN_AFTER_MS`] while
+    /// the run lasts, at debug level in between.
+    pub fn failed_loudly(&mut self, what: impl FnOnce() -> String) {
+        match self.failed_loudly_at(Instant::now()) {
+            Some(lasted) if lasted.is_zero() => warn!("{}", what()),
+            Some(lasted) => warn!("{} (failing for {:.1} s)", what(), lasted.as_secs_f64()),
+            None => debug!("{}", what()),
+        }
+    }
+
+    /// Records a loud failure at `now`; returns how long the run has lasted
+    /// when a warning is due (zero for the run's first failure).
+    pub fn failed_loudly_at(&mut self, now: Instant) -> Option<Duration> {
+        if self.since.is_none() {
+            self.since = Some(now);
+            self.warned = Some(now);
+            return Some(Duration::ZERO);
+        }
+        self.failed_at(now)
+    }
+
+    /// Whether a run of failures is going on.
+    pub fn is_failing(&self) -> bool {
+        self.since.is_some()
+    }
+
     /// Ends the run (a request succeeded).
     pub fn ok(&mut self) {
         *self = FailureRun::default();
@@ -74,5 +102,22 @@ mod tests {
         run.ok();
         assert_eq!(run.failed_at(t0 + every * 3), None);
         assert_eq!(run.failed_at(t0 + every * 4), Some(every));
+    }
+
+    #[test]
+    fn a_loud_run_warns_at_its_first_failure_and_then_every_interval() {
+        let every = Duration::from_millis(COMPLAIN_AFTER_MS);
+        let t0 = Instant::now();
+        let mut run = FailureRun::default();
+        assert!(!run.is_failing());
+        assert_eq!(run.failed_loudly_at(t0), Some(Duration::ZERO), "at once");
+        assert!(run.is_failing());
+        assert_eq!(run.failed_loudly_at(t0 + every / 10), None, "not again");
+        assert_eq!(run.failed_loudly_at(t0 + every / 2), None);
+        assert_eq!(run.failed_loudly_at(t0 + every), Some(every));
+        assert_eq!(run.failed_loudly_at(t0 + every + every / 2), None);
+        run.ok();
+        assert!(!run.is_failing());
+        assert_eq!(run.failed_loudly_at(t0 + every * 3), Some(Duration::ZERO));
     }
 }

@@ -862,6 +862,10 @@ async fn follow(
         }
     }
     failing.ok();
+    // Appends that fail here (a full disk, a log stopped after a failed
+    // fsync) are retried every FOLLOWER_BACKOFF_MS: warn at once, then at
+    // the pace of FailureRun, not on every retry.
+    let mut appending = FailureRun::default();
     let mut sync = FollowerSync::default();
     loop {
         if broker.upgrade().is_none_or(|b| b.is_shutting_down()) {
@@ -897,9 +901,20 @@ async fn follow(
                 });
                 failing.ok();
                 match result {
-                    Ok(due) => sync.after_append(&p, due).await,
+                    Ok(due) => {
+                        if appending.is_failing() {
+                            info!("{topic}-{index}: follower appends work again");
+                        }
+                        appending.ok();
+                        sync.after_append(&p, due).await;
+                    }
                     Err(e) => {
-                        warn!("{topic}-{index}: follower append failed: {e}");
+                        appending.failed_loudly(|| {
+                            format!(
+                                "{topic}-{index}: follower append failed: {e}; this replica \
+                                 stays out of the ISR until appends work again"
+                            )
+                        });
                         smol::Timer::after(Duration::from_millis(FOLLOWER_BACKOFF_MS)).await;
                     }
                 }
