@@ -9,7 +9,8 @@
 //!   every one of those names and as a node's client certificate; otherwise
 //!   (the listen IP changed, it has expired, it lacks clientAuth, or `ca.pem`
 //!   is another CA now) it is issued again by the CA, so clients keep
-//!   trusting it.
+//!   trusting it. A clock before 1975 (a board without a real-time clock,
+//!   before NTP) is taken as 1975, when the certificates it issues start.
 //!
 //! Keys are written with mode 0600 (temp file, fsync, rename). The rustls
 //! config uses the ring provider explicitly, TLS 1.3 only (QUIC needs it) and
@@ -21,6 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use eddy_client::protocol::ALPN;
 use log::{info, warn};
@@ -29,7 +31,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 use crate::config::NodeConfig;
 
@@ -266,7 +268,8 @@ fn generated(dir: &Path, listen: IpAddr) -> Result<Identity, TlsError> {
 
     if server_cert.exists() && server_key.exists() {
         let chain = read_chain(&server_cert)?;
-        let Some(stale) = unusable_reason(&chain, &ca_cert, &names) else {
+        let now = issued_check_time(UnixTime::now());
+        let Some(stale) = unusable_reason(&chain, &ca_cert, &names, now) else {
             info!(
                 "TLS certificate {} (clients trust {})",
                 server_cert.display(),
@@ -357,8 +360,55 @@ fn issue_server(
     })
 }
 
+/// Seconds from the Unix epoch to 1975-01-01, where the certificates this
+/// node issues start (rcgen's default validity, 1975 to 4096).
+const ISSUED_VALID_FROM_SECS: u64 = 157_766_400;
+
+/// The time to check a certificate this node issued at: `now`, but never
+/// before the day after such certificates start, so a board that boots with
+/// its clock at 1970 (no real-time clock, NTP not synced yet) keeps its
+/// certificate instead of issuing one that would start just as late.
+fn issued_check_time(now: UnixTime) -> UnixTime {
+    let floor = UnixTime::since_unix_epoch(Duration::from_secs(ISSUED_VALID_FROM_SECS + 86_400));
+    now.max(floor)
+}
+
+/// Why a certificate would be refused.
+#[derive(Debug)]
+struct CertProblem {
+    /// What is wrong, after the certificate's name: "is not a valid …".
+    reason: String,
+    /// Only its dates, at this machine's clock (expired, not valid yet).
+    clock_only: bool,
+}
+
+impl CertProblem {
+    fn new(reason: String) -> CertProblem {
+        CertProblem {
+            reason,
+            clock_only: false,
+        }
+    }
+
+    fn verification(what: &str, error: &rustls::Error) -> CertProblem {
+        use rustls::CertificateError as E;
+        CertProblem {
+            reason: format!("is not a valid {what} ({error})"),
+            clock_only: matches!(
+                error,
+                rustls::Error::InvalidCertificate(
+                    E::Expired
+                        | E::ExpiredContext { .. }
+                        | E::NotValidYet
+                        | E::NotValidYetContext { .. }
+                )
+            ),
+        }
+    }
+}
+
 /// Why a kept server certificate cannot be used as it is, or `None` when it
-/// can. It is checked the way it will be used, with rustls's WebPKI
+/// can. It is checked at `now` the way it will be used, with rustls's WebPKI
 /// verifiers against `ca_file`: by clients, as a server certificate for each
 /// of `names`; by the other nodes of a cluster, as a client certificate. So
 /// a certificate that names an old listen address, lacks the clientAuth
@@ -368,6 +418,7 @@ fn unusable_reason(
     chain: &[CertificateDer<'static>],
     ca_file: &Path,
     names: &[String],
+    now: UnixTime,
 ) -> Option<String> {
     let Some((leaf, intermediates)) = chain.split_first() else {
         return Some("holds no certificate".to_owned());
@@ -377,7 +428,6 @@ fn unusable_reason(
         Err(e) => return Some(format!("cannot be checked against its CA: {e}")),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let now = rustls_pki_types::UnixTime::now();
     let server = match rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots.clone()),
         provider.clone(),
@@ -400,32 +450,39 @@ fn unusable_reason(
             &[],
             now,
         ) {
-            return Some(format!(
-                "is not a valid server certificate for {name} ({e})"
-            ));
+            return Some(
+                CertProblem::verification(&format!("server certificate for {name}"), &e).reason,
+            );
         }
     }
-    node_cert_problem(chain, roots, provider)
+    node_cert_problem(chain, roots, provider, now).map(|p| p.reason)
 }
 
 /// Why the other nodes of a cluster, trusting `roots`, would refuse `chain`
-/// as a node's client certificate (mutual TLS), or `None` when they accept it.
+/// at `now` as a node's client certificate (mutual TLS), or `None` when they
+/// accept it.
 fn node_cert_problem(
     chain: &[CertificateDer<'static>],
     roots: rustls::RootCertStore,
     provider: Arc<rustls::crypto::CryptoProvider>,
-) -> Option<String> {
+    now: UnixTime,
+) -> Option<CertProblem> {
     let Some((leaf, intermediates)) = chain.split_first() else {
-        return Some("holds no certificate".to_owned());
+        return Some(CertProblem::new("holds no certificate".to_owned()));
     };
     let client = match node_verifier(roots, provider) {
         Ok(verifier) => verifier,
-        Err(e) => return Some(format!("cannot be checked against its CA: {e}")),
+        Err(e) => {
+            return Some(CertProblem::new(format!(
+                "cannot be checked against its CA: {e}"
+            )));
+        }
     };
-    match client.verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now()) {
+    match client.verify_client_cert(leaf, intermediates, now) {
         Ok(_) => None,
-        Err(e) => Some(format!(
-            "is not a valid client certificate, which nodes present to each other ({e})"
+        Err(e) => Some(CertProblem::verification(
+            "client certificate, which nodes present to each other",
+            &e,
         )),
     }
 }
@@ -582,15 +639,25 @@ pub fn quic_server_config(
         let trust = peer_trust_file(config);
         let roots = ca_roots(&trust)?;
         // A configured tls-cert is also what this node presents to the
-        // others: refuse to start with one they would refuse.
+        // others: refuse to start with one they would refuse. Its dates are
+        // only warned about: this node's clock may be what is wrong (a board
+        // that boots before NTP has synced), and the others use their own.
         if let Some(cert) = &config.tls_cert {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
-            if let Some(reason) = node_cert_problem(&identity.chain, roots.clone(), provider) {
-                return Err(TlsError::NodeCertificate {
-                    cert: cert.clone(),
-                    ca: trust,
-                    reason,
-                });
+            match node_cert_problem(&identity.chain, roots.clone(), provider, UnixTime::now()) {
+                None => {}
+                Some(problem) if problem.clock_only => warn!(
+                    "{} {}; check this machine's clock and the certificate's dates",
+                    cert.display(),
+                    problem.reason
+                ),
+                Some(problem) => {
+                    return Err(TlsError::NodeCertificate {
+                        cert: cert.clone(),
+                        ca: trust,
+                        reason: problem.reason,
+                    });
+                }
             }
         }
         Some(roots)
@@ -606,6 +673,10 @@ pub fn quic_server_config(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    fn now() -> UnixTime {
+        UnixTime::now()
+    }
 
     fn config(data_dir: &Path, listen: &str) -> NodeConfig {
         NodeConfig {
@@ -632,9 +703,9 @@ mod tests {
         }
         let ca = tls.join(CA_CERT_FILE);
         let loopback = subject_alt_names("127.0.0.1".parse().expect("ip"));
-        assert_eq!(unusable_reason(&first.chain, &ca, &loopback), None);
+        assert_eq!(unusable_reason(&first.chain, &ca, &loopback, now()), None);
         let elsewhere = subject_alt_names("10.1.2.3".parse().expect("ip"));
-        let reason = unusable_reason(&first.chain, &ca, &elsewhere).expect("wrong address");
+        let reason = unusable_reason(&first.chain, &ca, &elsewhere, now()).expect("wrong address");
         assert!(reason.contains("for 10.1.2.3"), "{reason}");
 
         let ca_before = std::fs::read(tls.join(CA_CERT_FILE)).expect("ca");
@@ -643,7 +714,7 @@ mod tests {
 
         // A new listen IP gets a new server certificate from the same CA.
         let moved = load_or_create(&config(dir.path(), "10.1.2.3:7878")).expect("reissue");
-        assert_eq!(unusable_reason(&moved.chain, &ca, &elsewhere), None);
+        assert_eq!(unusable_reason(&moved.chain, &ca, &elsewhere, now()), None);
         assert_eq!(
             std::fs::read(tls.join(CA_CERT_FILE)).expect("ca"),
             ca_before
@@ -669,14 +740,15 @@ mod tests {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let old = params.signed_by(&key, &issuer).expect("sign");
         let (ca, names) = (tls.join(CA_CERT_FILE), subject_alt_names(cfg.listen.ip()));
-        let reason = unusable_reason(&[old.der().clone()], &ca, &names).expect("no clientAuth");
+        let reason =
+            unusable_reason(&[old.der().clone()], &ca, &names, now()).expect("no clientAuth");
         assert!(reason.contains("client certificate"), "{reason}");
         write_public(&tls.join(SERVER_CERT_FILE), old.pem().as_bytes()).expect("write");
         write_private(&tls.join(SERVER_KEY_FILE), key.serialize_pem().as_bytes()).expect("write");
 
         let again = load_or_create(&cfg).expect("reissue");
         assert_ne!(again.chain[0], *old.der(), "not kept");
-        assert_eq!(unusable_reason(&again.chain, &ca, &names), None);
+        assert_eq!(unusable_reason(&again.chain, &ca, &names, now()), None);
     }
 
     #[test]
@@ -690,13 +762,42 @@ mod tests {
         let (ca, ca_key) = (tls.join(CA_CERT_FILE), tls.join(CA_KEY_FILE));
         create_shared_ca(&ca, &ca_key).expect("new CA");
         let names = subject_alt_names(cfg.listen.ip());
-        let reason = unusable_reason(&first.chain, &ca, &names).expect("other issuer");
+        let reason = unusable_reason(&first.chain, &ca, &names, now()).expect("other issuer");
         assert!(reason.contains("server certificate"), "{reason}");
 
         let again = load_or_create(&cfg).expect("reissue");
         assert_ne!(again.chain, first.chain, "not kept");
-        assert_eq!(unusable_reason(&again.chain, &ca, &names), None);
+        assert_eq!(unusable_reason(&again.chain, &ca, &names, now()), None);
         verify_with(&ca, &again);
+    }
+
+    #[test]
+    fn a_board_whose_clock_starts_at_1970_keeps_its_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path(), "127.0.0.1:0");
+        let first = load_or_create(&cfg).expect("create");
+        let (ca, names) = (
+            dir.path().join(TLS_DIR).join(CA_CERT_FILE),
+            subject_alt_names(cfg.listen.ip()),
+        );
+        let boot = UnixTime::since_unix_epoch(Duration::from_secs(60));
+        assert!(
+            unusable_reason(&first.chain, &ca, &names, boot).is_some(),
+            "not valid yet at the raw clock"
+        );
+        assert_eq!(
+            unusable_reason(&first.chain, &ca, &names, issued_check_time(boot)),
+            None
+        );
+        // Wrong names are still found at that clock.
+        let elsewhere = subject_alt_names("10.1.2.3".parse().expect("ip"));
+        assert!(unusable_reason(&first.chain, &ca, &elsewhere, issued_check_time(boot)).is_some());
+        let today = now();
+        assert_eq!(
+            issued_check_time(today),
+            today,
+            "a set clock is used as it is"
+        );
     }
 
     #[test]
@@ -719,14 +820,14 @@ mod tests {
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
         let old = params.signed_by(&key, &issuer).expect("sign");
         let ca = tls.join(CA_CERT_FILE);
-        let reason = unusable_reason(&[old.der().clone()], &ca, &names).expect("expired");
+        let reason = unusable_reason(&[old.der().clone()], &ca, &names, now()).expect("expired");
         assert!(reason.to_lowercase().contains("expired"), "{reason}");
         write_public(&tls.join(SERVER_CERT_FILE), old.pem().as_bytes()).expect("write");
         write_private(&tls.join(SERVER_KEY_FILE), key.serialize_pem().as_bytes()).expect("write");
 
         let again = load_or_create(&cfg).expect("reissue");
         assert_ne!(again.chain[0], *old.der(), "not kept");
-        assert_eq!(unusable_reason(&again.chain, &ca, &names), None);
+        assert_eq!(unusable_reason(&again.chain, &ca, &names, now()), None);
     }
 
     #[test]
@@ -788,6 +889,21 @@ mod tests {
                 (_, other) => panic!("{want} with {usages:?}: {:?}", other.err()),
             }
         }
+        // Dates that this node's clock finds wrong are only warned about:
+        // the clock may be what is wrong, and the others check with theirs.
+        let pair = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2090, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+        let issued = params.signed_by(&pair, &issuer).expect("sign");
+        write_public(&cert, issued.pem().as_bytes()).expect("write");
+        write_private(&key, pair.serialize_pem().as_bytes()).expect("write");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = ca_roots(&ca).expect("roots");
+        let problem = node_cert_problem(&[issued.der().clone()], roots, provider, now())
+            .expect("not valid yet");
+        assert!(problem.clock_only, "{problem:?}");
+        quic_server_config(&cfg).expect("starts, with a warning");
         // Outside a cluster nobody checks it as a client certificate.
         cfg.controller_quorum_voters.clear();
         quic_server_config(&cfg).expect("single node");
