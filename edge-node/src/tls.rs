@@ -722,33 +722,44 @@ mod tests {
         server_config(moved, None).expect("rustls accepts it");
     }
 
-    #[test]
-    fn a_kept_certificate_without_client_auth_is_reissued() {
+    /// The issuer behind the CA key file `ca_key`.
+    fn issuer_of(ca_key: &Path) -> Issuer<'static, KeyPair> {
+        let key = KeyPair::from_pem(&read_text(ca_key).expect("ca key")).expect("parse CA key");
+        Issuer::new(ca_params().expect("params"), key)
+    }
+
+    /// Starts a node once, replaces its server certificate with one made
+    /// from `params` by its own CA, and checks that the next start finds it
+    /// unusable (the reason holding `why`) and issues a good one.
+    fn kept_certificate_is_reissued(params: CertificateParams, why: &str) {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = config(dir.path(), "127.0.0.1:0");
         load_or_create(&cfg).expect("create");
-        // A server certificate from before node certificates allowed client
-        // authentication: same CA and names, serverAuth only.
         let tls = dir.path().join(TLS_DIR);
-        let ca_key = KeyPair::from_pem(&read_text(&tls.join(CA_KEY_FILE)).expect("ca key"))
-            .expect("parse CA key");
-        let issuer = Issuer::new(ca_params().expect("params"), ca_key);
         let key = KeyPair::generate().expect("key");
-        let mut params =
-            CertificateParams::new(subject_alt_names("127.0.0.1".parse().expect("ip")))
-                .expect("params");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let old = params.signed_by(&key, &issuer).expect("sign");
+        let old = params
+            .signed_by(&key, &issuer_of(&tls.join(CA_KEY_FILE)))
+            .expect("sign");
         let (ca, names) = (tls.join(CA_CERT_FILE), subject_alt_names(cfg.listen.ip()));
-        let reason =
-            unusable_reason(&[old.der().clone()], &ca, &names, now()).expect("no clientAuth");
-        assert!(reason.contains("client certificate"), "{reason}");
+        let reason = unusable_reason(&[old.der().clone()], &ca, &names, now()).expect(why);
+        assert!(reason.to_lowercase().contains(why), "{reason}");
         write_public(&tls.join(SERVER_CERT_FILE), old.pem().as_bytes()).expect("write");
         write_private(&tls.join(SERVER_KEY_FILE), key.serialize_pem().as_bytes()).expect("write");
 
         let again = load_or_create(&cfg).expect("reissue");
         assert_ne!(again.chain[0], *old.der(), "not kept");
         assert_eq!(unusable_reason(&again.chain, &ca, &names, now()), None);
+    }
+
+    #[test]
+    fn a_kept_certificate_without_client_auth_is_reissued() {
+        // A server certificate from before node certificates allowed client
+        // authentication: same CA and names, serverAuth only.
+        let mut params =
+            CertificateParams::new(subject_alt_names("127.0.0.1".parse().expect("ip")))
+                .expect("params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        kept_certificate_is_reissued(params, "client certificate");
     }
 
     #[test]
@@ -802,32 +813,16 @@ mod tests {
 
     #[test]
     fn a_kept_certificate_that_expired_is_reissued() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = config(dir.path(), "127.0.0.1:0");
-        load_or_create(&cfg).expect("create");
-        let tls = dir.path().join(TLS_DIR);
-        let ca_key = KeyPair::from_pem(&read_text(&tls.join(CA_KEY_FILE)).expect("ca key"))
-            .expect("parse CA key");
-        let issuer = Issuer::new(ca_params().expect("params"), ca_key);
-        let key = KeyPair::generate().expect("key");
-        let names = subject_alt_names(cfg.listen.ip());
-        let mut params = CertificateParams::new(names.clone()).expect("params");
+        let mut params =
+            CertificateParams::new(subject_alt_names("127.0.0.1".parse().expect("ip")))
+                .expect("params");
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        let old = params.signed_by(&key, &issuer).expect("sign");
-        let ca = tls.join(CA_CERT_FILE);
-        let reason = unusable_reason(&[old.der().clone()], &ca, &names, now()).expect("expired");
-        assert!(reason.to_lowercase().contains("expired"), "{reason}");
-        write_public(&tls.join(SERVER_CERT_FILE), old.pem().as_bytes()).expect("write");
-        write_private(&tls.join(SERVER_KEY_FILE), key.serialize_pem().as_bytes()).expect("write");
-
-        let again = load_or_create(&cfg).expect("reissue");
-        assert_ne!(again.chain[0], *old.der(), "not kept");
-        assert_eq!(unusable_reason(&again.chain, &ca, &names, now()), None);
+        kept_certificate_is_reissued(params, "expired");
     }
 
     #[test]
@@ -835,17 +830,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (ca, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
         create_shared_ca(&ca, &ca_key).expect("make CA");
-        let issuer = Issuer::new(
-            ca_params().expect("params"),
-            KeyPair::from_pem(&read_text(&ca_key).expect("ca key")).expect("parse CA key"),
-        );
+        let issuer = issuer_of(&ca_key);
         let other = tempfile::tempdir().expect("tempdir");
         let (other_ca, other_key) = (other.path().join("ca.pem"), other.path().join("ca.key"));
         create_shared_ca(&other_ca, &other_key).expect("other CA");
-        let stranger = Issuer::new(
-            ca_params().expect("params"),
-            KeyPair::from_pem(&read_text(&other_key).expect("ca key")).expect("parse CA key"),
-        );
+        let stranger = issuer_of(&other_key);
         let mut cfg = config(dir.path(), "127.0.0.1:0");
         cfg.controller_quorum_voters = vec![format!("0@{}", cfg.listen)];
         cfg.tls_ca = Some(ca.clone());
