@@ -407,6 +407,8 @@ pub fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::PluginFailed => "PluginFailed",
         ErrorCode::PluginNotFound => "PluginNotFound",
         ErrorCode::ClusterAuthorizationFailed => "ClusterAuthorizationFailed",
+        ErrorCode::CoordinatorNotAvailable => "CoordinatorNotAvailable",
+        ErrorCode::NotCoordinator => "NotCoordinator",
         // `ErrorCode` is non-exhaustive: codes added later still print their number.
         #[allow(unreachable_patterns)]
         _ => "Error",

@@ -6,8 +6,7 @@
 
 use crate::connection::{Client, ClientError};
 use crate::protocol::{
-    CommitOffset, CommittedOffset, GroupListing, MemberDescription, PROTOCOL_VERSION, Request,
-    RequestHeader, Response,
+    CommitOffset, CommittedOffset, GroupListing, MemberDescription, Request, Response,
 };
 
 /// A member's place in a generation, from [`Client::join_group`].
@@ -61,17 +60,14 @@ pub struct GroupDescription {
     pub offsets: Vec<CommittedOffset>,
 }
 
-impl Client {
-    async fn group_call(&self, request: Request) -> Result<Response, ClientError> {
-        let header = RequestHeader {
-            version: PROTOCOL_VERSION,
-            request,
-        };
-        self.request(header, &[]).await.map(|(r, _)| r)
-    }
+/// The group id ListGroups is routed by: with one `__consumer_offsets`
+/// partition, one coordinator holds every group.
+const EVERY_GROUP: &str = "";
 
+impl Client {
     /// Joins a group; waits until the rebalance completes.
     pub async fn join_group(&self, join: JoinRequest) -> Result<Joined, ClientError> {
+        let group = join.group.clone();
         let request = Request::JoinGroup {
             group: join.group,
             member_id: join.member_id,
@@ -82,7 +78,7 @@ impl Client {
             rebalance_timeout_ms: join.rebalance_timeout_ms,
             owned: join.owned,
         };
-        match self.group_call(request).await? {
+        match self.group_call(&group, request).await? {
             Response::JoinGroup {
                 generation,
                 member_id,
@@ -112,7 +108,7 @@ impl Client {
             generation,
             wait_ms,
         };
-        match self.group_call(request).await? {
+        match self.group_call(group, request).await? {
             Response::Heartbeat => Ok(()),
             other => Err(self.unexpected("Heartbeat", &other)),
         }
@@ -124,7 +120,7 @@ impl Client {
             group: group.to_owned(),
             member_id: member_id.to_owned(),
         };
-        match self.group_call(request).await? {
+        match self.group_call(group, request).await? {
             Response::LeaveGroup => Ok(()),
             other => Err(self.unexpected("LeaveGroup", &other)),
         }
@@ -145,7 +141,7 @@ impl Client {
             generation,
             offsets,
         };
-        match self.group_call(request).await? {
+        match self.group_call(group, request).await? {
             Response::OffsetCommit => Ok(()),
             other => Err(self.unexpected("OffsetCommit", &other)),
         }
@@ -161,7 +157,7 @@ impl Client {
             group: group.to_owned(),
             partitions,
         };
-        match self.group_call(request).await? {
+        match self.group_call(group, request).await? {
             Response::OffsetFetch { offsets } => Ok(offsets),
             other => Err(self.unexpected("OffsetFetch", &other)),
         }
@@ -169,7 +165,7 @@ impl Client {
 
     /// Every group the node knows.
     pub async fn list_groups(&self) -> Result<Vec<GroupListing>, ClientError> {
-        match self.group_call(Request::ListGroups).await? {
+        match self.group_call(EVERY_GROUP, Request::ListGroups).await? {
             Response::ListGroups { groups } => Ok(groups),
             other => Err(self.unexpected("ListGroups", &other)),
         }
@@ -180,7 +176,7 @@ impl Client {
         let request = Request::DescribeGroup {
             group: group.to_owned(),
         };
-        match self.group_call(request).await? {
+        match self.group_call(group, request).await? {
             Response::DescribeGroup {
                 group,
                 state,
@@ -205,7 +201,7 @@ impl Client {
         let request = Request::DeleteGroup {
             group: group.to_owned(),
         };
-        match self.group_call(request).await? {
+        match self.group_call(group, request).await? {
             Response::DeleteGroup => Ok(()),
             other => Err(self.unexpected("DeleteGroup", &other)),
         }

@@ -297,6 +297,13 @@ pub enum Request {
         /// Plugin name.
         name: String,
     },
+    /// Which node coordinates a consumer group (Kafka's FindCoordinator): in
+    /// a cluster, the leader of the group's partition of
+    /// `__consumer_offsets`; a single node coordinates every group itself.
+    FindCoordinator {
+        /// Group id.
+        group: String,
+    },
 }
 
 /// One offset in an [`Request::OffsetCommit`].
@@ -398,6 +405,7 @@ impl Request {
             Request::PluginList => "PluginList",
             Request::PluginRemove { .. } => "PluginRemove",
             Request::PluginEnable { .. } => "PluginEnable",
+            Request::FindCoordinator { .. } => "FindCoordinator",
         }
     }
 }
@@ -627,6 +635,13 @@ pub enum Response {
         /// Why it had been disabled; `None` if it was enabled already.
         was_disabled: Option<String>,
     },
+    /// The group's coordinator.
+    FindCoordinator {
+        /// Its node id.
+        node_id: u32,
+        /// Its address, or `None` when the answering node is the coordinator.
+        address: Option<String>,
+    },
 }
 
 /// A node in [`Response::ClusterStatus`].
@@ -726,6 +741,13 @@ pub enum ErrorCode {
     /// heartbeats, replica fetches, leader-epoch lookups) came over a
     /// connection without a node certificate of the cluster's CA.
     ClusterAuthorizationFailed,
+    /// 15: the group's coordinator is not available yet (its
+    /// `__consumer_offsets` partition is being created, has no leader, or is
+    /// being loaded); retry.
+    CoordinatorNotAvailable,
+    /// 16: this node does not coordinate the group; find its coordinator
+    /// again.
+    NotCoordinator,
 }
 
 impl ErrorCode {
@@ -768,6 +790,8 @@ impl ErrorCode {
             ErrorCode::PluginFailed => 1050,
             ErrorCode::PluginNotFound => 1051,
             ErrorCode::ClusterAuthorizationFailed => 31,
+            ErrorCode::CoordinatorNotAvailable => 15,
+            ErrorCode::NotCoordinator => 16,
         }
     }
 
@@ -787,6 +811,8 @@ impl ErrorCode {
                 | ErrorCode::FencedLeaderEpoch
                 | ErrorCode::UnknownLeaderEpoch
                 | ErrorCode::PluginFailed
+                | ErrorCode::CoordinatorNotAvailable
+                | ErrorCode::NotCoordinator
         )
     }
 }

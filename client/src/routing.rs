@@ -10,24 +10,45 @@
 //! client survives the loss of its bootstrap node.
 //!
 //! A single node (Metadata lists one node) is always its own leader.
+//!
+//! Consumer-group requests go to the group's coordinator:
+//! [`Client::coordinator`] asks FindCoordinator (of this client's node, else
+//! of the others it knows) and caches the answer per group;
+//! [`Client::group_call`] retries on `NotCoordinator`,
+//! `CoordinatorNotAvailable` and, in a cluster, a lost connection, for at
+//! most [`COORDINATOR_RETRY_MS`], asking again each time.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt as _;
 
 use crate::connection::{Client, ClientError, ClientOptions, Metadata};
-use crate::protocol::{ErrorBody, ErrorCode, NO_LEADER};
+use crate::protocol::{
+    ErrorBody, ErrorCode, NO_LEADER, PROTOCOL_VERSION, Request, RequestHeader, Response,
+};
 
-/// Leaders and node addresses learnt from Metadata, shared by a client's clones.
+/// Leaders and node addresses learnt from Metadata, and group coordinators
+/// learnt from FindCoordinator, shared by a client's clones.
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
     leaders: HashMap<(String, u32), u32>,
     nodes: HashMap<u32, String>,
     clients: HashMap<String, Client>,
+    coordinators: HashMap<String, String>,
 }
+
+/// How long a group request keeps looking for its coordinator: long enough
+/// for the cluster to move it after its node died (the failover plus a QUIC
+/// idle timeout of the connection to the dead node).
+pub const COORDINATOR_RETRY_MS: u64 = 15_000;
+/// First pause before a group request asks for its coordinator again
+/// (doubling up to [`COORDINATOR_BACKOFF_MAX_MS`]).
+const COORDINATOR_BACKOFF_MS: u64 = 50;
+/// Longest pause between those attempts.
+const COORDINATOR_BACKOFF_MAX_MS: u64 = 1000;
 
 /// How long a request waits on a partition leader before the other nodes are
 /// asked whether it still leads ([`Client::unless_leader_moves`]).
@@ -133,6 +154,9 @@ impl Client {
         let mut routes = lock(self.routes());
         if routes.leaders.len() > ROUTES_MAX {
             routes.leaders.clear();
+        }
+        if routes.coordinators.len() > ROUTES_MAX {
+            routes.coordinators.clear();
         }
         let single = metadata.nodes.len() <= 1;
         for n in &metadata.nodes {
@@ -251,9 +275,100 @@ impl Client {
         false
     }
 
-    /// Asks Metadata about `topic`: of this client's node, else of every other
-    /// node known.
-    async fn refresh_routes(&self, topic: &str) -> Result<(), ClientError> {
+    /// Sends a consumer-group request about `group` to its coordinator,
+    /// finding it first. `NotCoordinator` and `CoordinatorNotAvailable` (the
+    /// group's coordinator moved, or is starting) and, when this client knows
+    /// several nodes, a lost connection make it find the coordinator again
+    /// and resend, for at most [`COORDINATOR_RETRY_MS`]; then the last error
+    /// is returned. Group requests are safe to resend: a join or commit that
+    /// a dead coordinator took is redone on the new one.
+    pub(crate) async fn group_call(
+        &self,
+        group: &str,
+        request: Request,
+    ) -> Result<Response, ClientError> {
+        let header = RequestHeader {
+            version: PROTOCOL_VERSION,
+            request,
+        };
+        let deadline = Instant::now() + Duration::from_millis(COORDINATOR_RETRY_MS);
+        let mut backoff = COORDINATOR_BACKOFF_MS;
+        loop {
+            let result = match self.coordinator(group).await {
+                Ok(c) => c.request(header.clone(), &[]).await.map(|(r, _)| r),
+                Err(e) => Err(e),
+            };
+            let again = match &result {
+                Err(ClientError::Server(body)) => matches!(
+                    body.code,
+                    ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable
+                ),
+                Err(e) => e.is_connection_error() && lock(self.routes()).nodes.len() > 1,
+                Ok(_) => false,
+            };
+            if !again || Instant::now() >= deadline {
+                return result;
+            }
+            lock(self.routes()).coordinators.remove(group);
+            smol::Timer::after(Duration::from_millis(backoff)).await;
+            backoff = (backoff * 2).min(COORDINATOR_BACKOFF_MAX_MS);
+        }
+    }
+
+    /// The client of `group`'s coordinator: cached, else asked of this
+    /// client's node (FindCoordinator), else of every other node known.
+    pub async fn coordinator(&self, group: &str) -> Result<Client, ClientError> {
+        let known = lock(self.routes()).coordinators.get(group).cloned();
+        if let Some(address) = known {
+            return self.client_for(&address);
+        }
+        let header = RequestHeader {
+            version: PROTOCOL_VERSION,
+            request: Request::FindCoordinator {
+                group: group.to_owned(),
+            },
+        };
+        let mut last = None;
+        for c in self.candidates() {
+            match c.request(header.clone(), &[]).await {
+                Ok((Response::FindCoordinator { node_id, address }, _)) => {
+                    let address = address.unwrap_or_else(|| c.options().server.clone());
+                    let nodes = {
+                        let mut routes = lock(self.routes());
+                        routes
+                            .nodes
+                            .entry(node_id)
+                            .or_insert_with(|| address.clone());
+                        routes
+                            .coordinators
+                            .insert(group.to_owned(), address.clone());
+                        routes.nodes.len()
+                    };
+                    if nodes <= 1 {
+                        // Learn the other nodes too (Metadata without topics),
+                        // so that a lost coordinator can be looked up elsewhere.
+                        if let Ok(metadata) = c.metadata(Some(Vec::new())).await {
+                            self.learn(&c, &metadata);
+                        }
+                    }
+                    return self.client_for(&address);
+                }
+                Ok((other, _)) => return Err(c.unexpected("FindCoordinator", &other)),
+                Err(e) if e.is_connection_error() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ClientError::Server(ErrorBody {
+                code: ErrorCode::CoordinatorNotAvailable,
+                message: format!("no node answered which one coordinates group {group:?}"),
+            })
+        }))
+    }
+
+    /// This client's node, then every other node known: whom to ask
+    /// Metadata or FindCoordinator.
+    fn candidates(&self) -> Vec<Client> {
         let mut candidates = vec![self.clone()];
         {
             let routes = lock(self.routes());
@@ -274,8 +389,14 @@ impl Client {
                 }
             }
         }
+        candidates
+    }
+
+    /// Asks Metadata about `topic`: of this client's node, else of every other
+    /// node known.
+    async fn refresh_routes(&self, topic: &str) -> Result<(), ClientError> {
         let mut last = None;
-        for c in candidates {
+        for c in self.candidates() {
             match c.metadata(Some(vec![topic.to_owned()])).await {
                 Ok(metadata) => {
                     self.learn(&c, &metadata);

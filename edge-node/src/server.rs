@@ -788,6 +788,9 @@ pub async fn dispatch(
     let none = Vec::new;
     let result: Result<(Response, Vec<u8>), BrokerError> =
         match request {
+            Request::Produce { topic, .. } if crate::broker::is_internal_topic(&topic) => {
+                Err(crate::broker::internal_topic_refused(&topic, "produce to"))
+            }
             Request::Produce {
                 topic,
                 partition,
@@ -975,6 +978,10 @@ pub async fn dispatch(
                 .plugin_enable(&name)
                 .await
                 .map(|was_disabled| (Response::PluginEnable { was_disabled }, none())),
+            Request::FindCoordinator { group } => broker
+                .find_coordinator(&group)
+                .await
+                .map(|(node_id, address)| (Response::FindCoordinator { node_id, address }, none())),
             other => crate::cluster::dispatch(broker, other, payload).await,
         };
     match result {

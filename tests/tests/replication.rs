@@ -7,9 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use eddy_client::protocol::CommitOffset;
 use eddy_client::protocol::{Acks, ConfigChange, ErrorCode, NO_LEADER};
 use eddy_client::{
-    Client, ClientOptions, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
+    Client, ClientOptions, Consumer, ConsumerConfig, JoinRequest, Producer, ProducerConfig,
+    ProducerRecord,
 };
 use eddy_core::batch::BatchIter;
 use eddy_core::config::LogConfig;
@@ -551,6 +553,114 @@ fn unclean_election_off_keeps_the_partition_offline_on_turns_it_back() {
         !read.iter().any(|v| v.starts_with("only-on-leader-")),
         "records only the dead ISR had are lost (the price of unclean election)"
     );
+}
+
+/// The index of the node `client` talks to.
+fn node_of(cluster: &TestCluster, client: &Client) -> usize {
+    let server = &client.options().server;
+    (0..cluster.nodes.len())
+        .find(|i| cluster.addr(*i).to_string() == *server)
+        .expect("a node of the cluster")
+}
+
+#[test]
+fn consumer_groups_have_one_coordinator_and_keep_their_offsets_when_it_dies() {
+    let dir = tmp();
+    let mut cluster = TestCluster::start(dir.path(), 3, FAST);
+    cluster.wait_ready(3);
+    let client = cluster.any_client();
+    create(&client, "events", 3, &[("min.insync.replicas", "2")]);
+    let join = |member_id: &str| JoinRequest {
+        group: "g".into(),
+        member_id: member_id.into(),
+        client_id: "test".into(),
+        topics: vec!["events".into()],
+        strategies: vec!["range".into()],
+        session_timeout_ms: 10_000,
+        rebalance_timeout_ms: 10_000,
+        owned: Vec::new(),
+    };
+    let commit = |offset: u64| {
+        vec![CommitOffset {
+            topic: "events".into(),
+            partition: 0,
+            offset,
+            metadata: String::new(),
+        }]
+    };
+    let committed = |c: &Client| {
+        smol::block_on(c.fetch_offsets("g", None))
+            .ok()
+            .and_then(|o| o.first().map(|o| o.offset))
+    };
+
+    // A member that joins through node 0 is in the one group every node
+    // routes to: node 1 and node 2 describe it, and a commit through node 1
+    // is what node 2 reads.
+    let (c0, c1, c2) = (cluster.client(0), cluster.client(1), cluster.client(2));
+    let joined = smol::block_on(c0.join_group(join(""))).expect("join through node 0");
+    assert_eq!(joined.assignment, vec![("events".to_owned(), 0)]);
+    for c in [&c1, &c2] {
+        let d = smol::block_on(c.describe_group("g")).expect("describe");
+        assert_eq!(d.members.len(), 1, "{d:?}");
+        assert_eq!(d.members[0].member_id, joined.member_id);
+    }
+    smol::block_on(c1.commit_offsets("g", &joined.member_id, joined.generation, commit(42)))
+        .expect("commit through node 1");
+    assert_eq!(committed(&c2), Some(42));
+    let listed = smol::block_on(c2.list_groups()).expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+
+    // Clients may read the offsets topic but not write or delete it.
+    let refused = smol::block_on(c0.delete_topic("__consumer_offsets"));
+    assert!(
+        matches!(&refused, Err(eddy_client::ClientError::Server(b)) if b.code == ErrorCode::InvalidTopic),
+        "{refused:?}"
+    );
+
+    // kill -9 of the coordinator: another replica of __consumer_offsets-0
+    // takes over with the committed offset; the member re-joins there.
+    let coordinator = smol::block_on(c0.coordinator("g")).expect("coordinator");
+    let dead = node_of(&cluster, &coordinator);
+    let killed = Instant::now();
+    cluster.kill9(dead);
+    let survivor = (0..3).find(|i| *i != dead).expect("a survivor");
+    let c = cluster.client(survivor);
+    let mut found = None;
+    let ok = wait_until(WAIT, || {
+        found = committed(&c);
+        found.is_some()
+    });
+    assert!(
+        ok,
+        "no offsets after the coordinator died:\n{}",
+        cluster.logs()
+    );
+    assert_eq!(found, Some(42), "the committed offset survived");
+    println!(
+        "committed offsets readable {:.2} s after kill -9 of the coordinator",
+        killed.elapsed().as_secs_f64()
+    );
+    let after = smol::block_on(c.heartbeat("g", &joined.member_id, joined.generation, 0));
+    assert!(
+        matches!(&after, Err(eddy_client::ClientError::Server(b)) if b.code == ErrorCode::UnknownMemberId),
+        "the new coordinator starts without members: {after:?}"
+    );
+    let rejoined = smol::block_on(c.join_group(join(""))).expect("re-join");
+    smol::block_on(c.commit_offsets("g", &rejoined.member_id, rejoined.generation, commit(50)))
+        .expect("commit on the new coordinator");
+    // The old client (whose node died) finds the new coordinator too.
+    let other = (0..3)
+        .find(|i| *i != dead && *i != survivor)
+        .expect("third node");
+    let via_other = cluster.client(other);
+    assert_eq!(committed(&via_other), Some(50));
+
+    // The dead node comes back as a follower; the offsets stay where they are.
+    cluster.start_node(dead);
+    cluster.wait_ready(3);
+    let back = cluster.client(dead);
+    assert_eq!(committed(&back), Some(50));
 }
 
 /// A tiny deterministic generator (SplitMix64), so a seed replays the schedule.

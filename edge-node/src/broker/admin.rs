@@ -264,6 +264,9 @@ impl Broker {
     /// Deletes a topic and its data.
     pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<(), BrokerError> {
         self.check_running()?;
+        if super::is_internal_topic(name) {
+            return Err(super::internal_topic_refused(name, "delete"));
+        }
         if let Some(cluster) = self.cluster() {
             cluster
                 .propose(crate::cluster::state::Command::DeleteTopic(name.to_owned()))
@@ -310,6 +313,9 @@ impl Broker {
         name: &str,
         changes: Vec<ConfigChange>,
     ) -> Result<(), BrokerError> {
+        if super::is_internal_topic(name) {
+            return Err(super::internal_topic_refused(name, "alter the configs of"));
+        }
         self.check_running()?;
         let _admin = self.admin.lock().await;
         self.check_running()?;
@@ -386,6 +392,9 @@ impl Broker {
         name: &str,
         total: u32,
     ) -> Result<(), BrokerError> {
+        if super::is_internal_topic(name) {
+            return Err(super::internal_topic_refused(name, "add partitions to"));
+        }
         self.check_running()?;
         if let Some(cluster) = self.cluster() {
             check_partition_count(name, total)?;

@@ -87,6 +87,25 @@ pub struct BrokerError {
     pub message: String,
 }
 
+/// Whether `topic` is one of the node's internal topics (a `__` name, such as
+/// `__consumer_offsets` in a cluster): clients may read them, but only the
+/// node writes, deletes or reshapes them.
+pub fn is_internal_topic(topic: &str) -> bool {
+    topic.starts_with(INTERNAL_PREFIX)
+}
+
+/// The error for a client that tries to `what` (produce to, delete, ...) an
+/// internal topic.
+pub fn internal_topic_refused(topic: &str, what: &str) -> BrokerError {
+    BrokerError::new(
+        ErrorCode::InvalidTopic,
+        format!(
+            "cannot {what} {topic}: topics named {INTERNAL_PREFIX}… are the node's own (committed \
+             offsets, metadata); use another topic"
+        ),
+    )
+}
+
 impl BrokerError {
     /// An error with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> BrokerError {
@@ -292,7 +311,17 @@ impl Broker {
                 }),
             );
         }
-        let offsets = group::offsets::OffsetStore::open(storage.clone(), &data_dir, now)?;
+        // In a cluster the offsets are the topic __consumer_offsets, whose
+        // partition directory a single node's offsets log would use.
+        let groups = if config.is_clustered() {
+            group::Groups::new_in_cluster()
+        } else {
+            group::Groups::new(group::offsets::OffsetStore::open(
+                storage.clone(),
+                &data_dir,
+                now,
+            )?)
+        };
         if store.is_some() {
             warn_about_orphans(&data_dir, &topics);
         }
@@ -315,7 +344,7 @@ impl Broker {
             delete_seq: AtomicU64::new(0),
             advertised: RwLock::new(config.listen.to_string()),
             maintenance: Mutex::new(None),
-            groups: group::Groups::new(offsets),
+            groups,
             cluster: std::sync::OnceLock::new(),
             cluster_tasks: Mutex::new(Vec::new()),
             plugins,

@@ -39,6 +39,7 @@ use eddy_core::log::PartitionLog;
 use futures_lite::FutureExt as _;
 use log::{debug, info, warn};
 
+use super::group::offsets::{OFFSETS_TOPIC, OffsetMap};
 use super::metadata::TopicState;
 use super::partition::{
     FollowerProgress, LeaderState, Partition, Role, SyncTask, not_leader, sync_in_background,
@@ -139,6 +140,7 @@ impl Broker {
                         p.advance_hw(log);
                         Ok(())
                     });
+                    self.coordinate_groups_if_offsets(p, ps.leader_epoch);
                     return;
                 }
                 p.set_fetcher(None);
@@ -184,8 +186,12 @@ impl Broker {
                     p.index(),
                     ps.leader_epoch
                 );
+                self.coordinate_groups_if_offsets(p, ps.leader_epoch);
             }
             Some(leader) => {
+                if is_offsets_partition(p) {
+                    self.groups.unload();
+                }
                 // The same leader and epoch with a fetcher running: nothing to
                 // do. Without a fetcher (no client for the leader last time),
                 // try again.
@@ -233,6 +239,9 @@ impl Broker {
                 );
             }
             None => {
+                if is_offsets_partition(p) {
+                    self.groups.unload();
+                }
                 if !matches!(current, Role::Offline { epoch } if epoch == ps.leader_epoch) {
                     p.set_fetcher(None);
                     p.with_role(|role| {
@@ -243,6 +252,29 @@ impl Broker {
                     p.wake_all();
                 }
             }
+        }
+    }
+
+    /// As the leader of `__consumer_offsets-0` in `epoch`, coordinates the
+    /// consumer groups: replays the offsets from this node's copy (once per
+    /// epoch; a failed replay is tried again on the next reconcile).
+    fn coordinate_groups_if_offsets(&self, p: &Partition, epoch: i32) {
+        if !is_offsets_partition(p) || self.groups.loaded_epoch() == Some(epoch) {
+            return;
+        }
+        let replayed = p.with_log(|log| {
+            OffsetMap::replay(log)
+                .map_err(|e| BrokerError::new(ErrorCode::KafkaStorageError, e.to_string()))
+        });
+        match replayed {
+            Ok(map) => {
+                self.groups.load(map, epoch);
+                info!("coordinating consumer groups ({OFFSETS_TOPIC}-0, epoch {epoch})");
+            }
+            Err(e) => warn!(
+                "{OFFSETS_TOPIC}-0: cannot load the committed offsets: {e}; \
+                 group requests answer CoordinatorNotAvailable until it works"
+            ),
         }
     }
 
@@ -937,6 +969,11 @@ async fn follow(
             }
         }
     }
+}
+
+/// Whether `p` is `__consumer_offsets-0`, whose leader coordinates groups.
+fn is_offsets_partition(p: &Partition) -> bool {
+    p.topic() == OFFSETS_TOPIC && p.index() == 0
 }
 
 fn storage_error(e: eddy_core::log::LogError) -> BrokerError {

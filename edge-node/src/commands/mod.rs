@@ -86,6 +86,10 @@ pub fn explain(error: ClientError) -> anyhow::Error {
             Some("see `eddy plugin list` for the plugin's status and the node's log for details")
         }
         Some(ErrorCode::PluginNotFound) => Some("see installed plugins with `eddy plugin list`"),
+        Some(ErrorCode::CoordinatorNotAvailable | ErrorCode::NotCoordinator) => Some(
+            "the group coordinator (the leader of __consumer_offsets) is moving or starting; \
+             check `eddy cluster status` and try again",
+        ),
         _ => None,
     };
     // The node's own message may already say what to do.

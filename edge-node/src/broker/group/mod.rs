@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use eddy_client::protocol::{
-    CommitOffset, CommittedOffset, ErrorCode, GroupListing, MemberDescription,
+    Acks, CommitOffset, CommittedOffset, ErrorCode, GroupListing, MemberDescription,
 };
 use event_listener::Event;
 use futures_lite::FutureExt as _;
@@ -25,7 +25,9 @@ use log::warn;
 use smol::Task;
 
 use super::{Broker, BrokerError, now_ms, shutting_down, unknown_topic};
-use offsets::{OFFSET_METADATA_BYTES_MAX, OFFSETS_PER_COMMIT_MAX, OffsetStore};
+use offsets::{
+    OFFSET_METADATA_BYTES_MAX, OFFSETS_PER_COMMIT_MAX, OFFSETS_TOPIC, OffsetMap, OffsetStore,
+};
 use state::{Coordinator, GroupView, JoinParams, JoinResult, check_group_id};
 
 /// Longest a heartbeat is held waiting for a rebalance to start.
@@ -34,15 +36,62 @@ pub const HEARTBEAT_WAIT_MS_MAX: u32 = 10_000;
 const JOIN_SLACK_MS: u64 = 1_000;
 /// Longest the ticker sleeps without a deadline.
 const TICK_IDLE_MS: u64 = 1_000;
+/// Longest a commit waits for the replicas of `__consumer_offsets` in a
+/// cluster (Kafka's `offsets.commit.timeout.ms`).
+pub const OFFSETS_COMMIT_TIMEOUT_MS: u32 = 5_000;
+/// Most replicas of `__consumer_offsets` in a cluster (Kafka's
+/// `offsets.topic.replication.factor`), fewer when the cluster has fewer
+/// nodes.
+pub const OFFSETS_TOPIC_REPLICATION_FACTOR: u16 = 3;
+/// Segment size of `__consumer_offsets` in a cluster: small, so compaction
+/// has closed segments to work on.
+const OFFSETS_TOPIC_SEGMENT_BYTES: &str = "4194304";
 
 /// The group coordinator and offset store of a broker.
 #[derive(Debug)]
 pub struct Groups {
     coordinator: Mutex<Coordinator>,
     changed: Event,
-    offsets: Mutex<Option<Arc<OffsetStore>>>,
+    offsets: Mutex<Source>,
     ticker: Mutex<Option<Task<()>>>,
     epoch: Instant,
+}
+
+/// Where committed offsets live.
+#[derive(Debug)]
+enum Source {
+    /// A single node: its own offsets log; it coordinates every group.
+    Local(Arc<OffsetStore>),
+    /// A node of a cluster: the offsets of `__consumer_offsets` partition 0,
+    /// replayed when this node became its leader, while it leads it. The
+    /// leader of that partition coordinates every group.
+    Cluster(Option<Arc<Loaded>>),
+    /// Shut down.
+    Closed,
+}
+
+/// The offsets a cluster node loaded when it became the coordinator.
+#[derive(Debug)]
+struct Loaded {
+    map: OffsetMap,
+    /// The leader epoch of `__consumer_offsets-0` it loaded them in.
+    epoch: i32,
+}
+
+/// A handle on the offsets, for one request.
+#[derive(Debug, Clone)]
+enum Offsets {
+    Local(Arc<OffsetStore>),
+    Cluster(Arc<Loaded>),
+}
+
+impl Offsets {
+    fn map(&self) -> &OffsetMap {
+        match self {
+            Offsets::Local(store) => store.map(),
+            Offsets::Cluster(loaded) => &loaded.map,
+        }
+    }
 }
 
 /// A group as `DescribeGroup` answers.
@@ -65,12 +114,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Groups {
-    /// Groups over an opened offset store.
+    /// Groups of a single node, over its opened offset store.
     pub fn new(offsets: OffsetStore) -> Groups {
+        Groups::with_source(Source::Local(Arc::new(offsets)))
+    }
+
+    /// Groups of a cluster node: it coordinates them only while it leads
+    /// `__consumer_offsets` partition 0 ([`Groups::load`]).
+    pub fn new_in_cluster() -> Groups {
+        Groups::with_source(Source::Cluster(None))
+    }
+
+    fn with_source(source: Source) -> Groups {
         Groups {
             coordinator: Mutex::new(Coordinator::new()),
             changed: Event::new(),
-            offsets: Mutex::new(Some(Arc::new(offsets))),
+            offsets: Mutex::new(source),
             ticker: Mutex::new(None),
             epoch: Instant::now(),
         }
@@ -81,8 +140,59 @@ impl Groups {
         self.epoch.elapsed().as_millis().min(u128::from(u64::MAX)) as u64
     }
 
-    fn store(&self) -> Result<Arc<OffsetStore>, BrokerError> {
-        lock(&self.offsets).clone().ok_or_else(shutting_down)
+    /// The offsets, when this node coordinates groups: `NotCoordinator` on a
+    /// cluster node that does not lead `__consumer_offsets-0`.
+    fn offsets(&self) -> Result<Offsets, BrokerError> {
+        match &*lock(&self.offsets) {
+            Source::Local(store) => Ok(Offsets::Local(store.clone())),
+            Source::Cluster(Some(loaded)) => Ok(Offsets::Cluster(loaded.clone())),
+            Source::Cluster(None) => Err(not_coordinator()),
+            Source::Closed => Err(shutting_down()),
+        }
+    }
+
+    /// `NotCoordinator` unless this node coordinates groups.
+    fn check_coordinator(&self) -> Result<(), BrokerError> {
+        self.offsets().map(|_| ())
+    }
+
+    /// The `__consumer_offsets-0` epoch this cluster node loaded the offsets
+    /// in, while it coordinates groups.
+    pub(crate) fn loaded_epoch(&self) -> Option<i32> {
+        match &*lock(&self.offsets) {
+            Source::Cluster(Some(loaded)) => Some(loaded.epoch),
+            _ => None,
+        }
+    }
+
+    /// A cluster node became the leader of `__consumer_offsets-0` in
+    /// `epoch`: it coordinates every group from now on, with the offsets
+    /// replayed from its copy. Members known before (when it coordinated
+    /// earlier) are forgotten: they re-join.
+    pub(crate) fn load(&self, map: OffsetMap, epoch: i32) {
+        {
+            let mut source = lock(&self.offsets);
+            if !matches!(*source, Source::Cluster(_)) {
+                return;
+            }
+            *source = Source::Cluster(Some(Arc::new(Loaded { map, epoch })));
+        }
+        *lock(&self.coordinator) = Coordinator::new();
+        self.notify();
+    }
+
+    /// A cluster node no longer leads `__consumer_offsets-0`: it stops
+    /// coordinating; waiting joins and heartbeats answer `NotCoordinator`.
+    pub(crate) fn unload(&self) {
+        {
+            let mut source = lock(&self.offsets);
+            if !matches!(*source, Source::Cluster(Some(_))) {
+                return;
+            }
+            *source = Source::Cluster(None);
+        }
+        *lock(&self.coordinator) = Coordinator::new();
+        self.notify();
     }
 
     /// Wakes every waiting join and heartbeat (and the ticker).
@@ -101,8 +211,10 @@ impl Groups {
         self.notify();
         let ticker = lock(&self.ticker).take();
         drop(ticker);
-        let store = lock(&self.offsets).take();
-        let Some(store) = store else { return Ok(()) };
+        let source = std::mem::replace(&mut *lock(&self.offsets), Source::Closed);
+        let Source::Local(store) = source else {
+            return Ok(());
+        };
         // Commits in flight hold a clone; they finish within their fsync.
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut store = store;
@@ -159,8 +271,9 @@ async fn run_ticker(broker: Weak<Broker>) {
         if changed {
             b.groups.notify();
         }
-        // A maintenance pass for the offsets log, when compaction is due.
-        if let Ok(store) = b.groups.store() {
+        // A maintenance pass for a single node's offsets log, when
+        // compaction is due (a cluster's is a topic, maintained as one).
+        if let Ok(Offsets::Local(store)) = b.groups.offsets() {
             let now = now_ms();
             if let Err(e) = smol::unblock(move || store.maintain(now)).await {
                 warn!("committed offsets log maintenance failed: {e}");
@@ -182,6 +295,7 @@ impl Broker {
         params: JoinParams,
     ) -> Result<JoinResult, BrokerError> {
         self.check_running()?;
+        self.groups.check_coordinator()?;
         let wait = u64::from(params.rebalance_timeout_ms) + JOIN_SLACK_MS;
         let member = {
             let counts = |t: &str| self.partition_count_of(t);
@@ -201,6 +315,7 @@ impl Broker {
             if self.is_shutting_down() {
                 return Err(shutting_down());
             }
+            self.groups.check_coordinator()?;
             if Instant::now() >= deadline {
                 return Err(BrokerError::new(
                     ErrorCode::RebalanceInProgress,
@@ -227,6 +342,7 @@ impl Broker {
         wait_ms: u32,
     ) -> Result<(), BrokerError> {
         self.check_running()?;
+        self.groups.check_coordinator()?;
         {
             let now = self.groups.now();
             lock(&self.groups.coordinator).heartbeat(group, member_id, generation, now)?;
@@ -235,6 +351,7 @@ impl Broker {
             Instant::now() + Duration::from_millis(u64::from(wait_ms.min(HEARTBEAT_WAIT_MS_MAX)));
         loop {
             let listener = self.groups.changed.listen();
+            self.groups.check_coordinator()?;
             lock(&self.groups.coordinator).check_member(group, member_id, generation)?;
             if Instant::now() >= deadline || self.is_shutting_down() {
                 return Ok(());
@@ -252,6 +369,7 @@ impl Broker {
     /// Removes a member from its group at once.
     pub fn leave_group(&self, group: &str, member_id: &str) -> Result<(), BrokerError> {
         self.check_running()?;
+        self.groups.check_coordinator()?;
         {
             let counts = |t: &str| self.partition_count_of(t);
             let now = self.groups.now();
@@ -270,6 +388,7 @@ impl Broker {
         offsets: Vec<CommitOffset>,
     ) -> Result<(), BrokerError> {
         self.check_running()?;
+        let source = self.groups.offsets()?;
         lock(&self.groups.coordinator).check_commit(group, member_id, generation)?;
         if offsets.len() > OFFSETS_PER_COMMIT_MAX {
             return Err(BrokerError::new(
@@ -308,17 +427,137 @@ impl Broker {
         if offsets.is_empty() {
             return Ok(());
         }
-        let store = self.groups.store()?;
-        let group = group.to_owned();
         let now = now_ms();
-        smol::unblock(move || store.commit(&group, &offsets, now))
-            .await
-            .map_err(|e| {
-                BrokerError::new(
-                    ErrorCode::KafkaStorageError,
-                    format!("{e}; nothing acknowledged was lost, retry the commit"),
-                )
-            })
+        match source {
+            Offsets::Local(store) => {
+                let group = group.to_owned();
+                smol::unblock(move || store.commit(&group, &offsets, now))
+                    .await
+                    .map_err(|e| {
+                        BrokerError::new(
+                            ErrorCode::KafkaStorageError,
+                            format!("{e}; nothing acknowledged was lost, retry the commit"),
+                        )
+                    })
+            }
+            Offsets::Cluster(loaded) => {
+                let batch = offsets::commit_batch(group, &offsets, now).map_err(offsets_error)?;
+                self.append_offsets(batch).await?;
+                loaded.map.committed(group, &offsets, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Appends a batch of the coordinator to `__consumer_offsets-0` with
+    /// `acks=all`. Errors map as Kafka maps them for offset commits: a lost
+    /// leadership or disk to `NotCoordinator` (find the new coordinator),
+    /// too few replicas or a timeout to `CoordinatorNotAvailable` (retry).
+    async fn append_offsets(self: &Arc<Self>, batch: Vec<u8>) -> Result<(), BrokerError> {
+        let result = self
+            .produce(
+                OFFSETS_TOPIC,
+                Some(0),
+                Acks::All,
+                OFFSETS_COMMIT_TIMEOUT_MS,
+                batch,
+            )
+            .await;
+        result.map(|_| ()).map_err(|e| {
+            let code = match e.code {
+                ErrorCode::NotLeaderOrFollower
+                | ErrorCode::FencedLeaderEpoch
+                | ErrorCode::KafkaStorageError => ErrorCode::NotCoordinator,
+                ErrorCode::NotEnoughReplicas
+                | ErrorCode::NotEnoughReplicasAfterAppend
+                | ErrorCode::RequestTimedOut
+                | ErrorCode::LeaderNotAvailable
+                | ErrorCode::UnknownTopicOrPartition => ErrorCode::CoordinatorNotAvailable,
+                other => other,
+            };
+            BrokerError::new(code, format!("{OFFSETS_TOPIC}-0: {}; retry", e.message))
+        })
+    }
+
+    /// Which node coordinates `group` (Kafka's FindCoordinator): this node
+    /// (`None`) or another one, with its address. A single node coordinates
+    /// every group. In a cluster the leader of `__consumer_offsets`
+    /// partition 0 does; the topic is created (replication factor
+    /// [`OFFSETS_TOPIC_REPLICATION_FACTOR`] or the node count) when the
+    /// first group needs it, and until it has a leader that loaded it the
+    /// answer is `CoordinatorNotAvailable`.
+    pub async fn find_coordinator(
+        self: &Arc<Self>,
+        group: &str,
+    ) -> Result<(u32, Option<String>), BrokerError> {
+        self.check_running()?;
+        // Any group id, even the empty one ListGroups is routed by.
+        if group.len() > state::GROUP_ID_BYTES_MAX {
+            check_group_id(group)?;
+        }
+        let Some(cluster) = self.cluster() else {
+            return Ok((self.node_id, None));
+        };
+        let me = cluster.node_id();
+        let leader = cluster
+            .state()
+            .topics
+            .get(OFFSETS_TOPIC)
+            .map(|t| t.partitions.first().and_then(|p| p.leader));
+        match leader {
+            None => {
+                self.create_offsets_topic(cluster).await;
+                Err(coordinator_not_available(format!(
+                    "creating {OFFSETS_TOPIC}, which holds the groups' offsets"
+                )))
+            }
+            Some(None) => Err(coordinator_not_available(format!(
+                "{OFFSETS_TOPIC}-0 has no leader right now"
+            ))),
+            Some(Some(leader)) if leader == me => match self.groups.check_coordinator() {
+                Ok(()) => Ok((me, None)),
+                Err(_) => Err(coordinator_not_available(format!(
+                    "node {me} leads {OFFSETS_TOPIC}-0 and is loading it"
+                ))),
+            },
+            Some(Some(leader)) => {
+                let address = cluster
+                    .settings()
+                    .voters
+                    .iter()
+                    .find(|v| v.id == leader)
+                    .map(|v| v.address.clone());
+                match address {
+                    Some(address) => Ok((leader, Some(address))),
+                    None => Err(coordinator_not_available(format!(
+                        "{OFFSETS_TOPIC}-0 is led by node {leader}, which is not a voter"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Proposes `__consumer_offsets` to the metadata quorum (once several
+    /// nodes race, all but one get `TopicAlreadyExists`, which is fine).
+    async fn create_offsets_topic(self: &Arc<Self>, cluster: &crate::cluster::Cluster) {
+        let nodes = cluster.settings().voters.len() as u16;
+        let state = super::metadata::TopicState {
+            name: OFFSETS_TOPIC.to_owned(),
+            partitions: 1,
+            replication_factor: OFFSETS_TOPIC_REPLICATION_FACTOR.min(nodes).max(1),
+            configs: vec![
+                ("cleanup.policy".to_owned(), "compact".to_owned()),
+                (
+                    "segment.bytes".to_owned(),
+                    OFFSETS_TOPIC_SEGMENT_BYTES.to_owned(),
+                ),
+            ],
+        };
+        match self.cluster_create(cluster, state).await {
+            Ok(()) => log::info!("created {OFFSETS_TOPIC} for the consumer groups"),
+            Err(e) if e.code == ErrorCode::TopicAlreadyExists => {}
+            Err(e) => warn!("cannot create {OFFSETS_TOPIC}: {e}"),
+        }
     }
 
     /// A group's committed offsets.
@@ -329,13 +568,17 @@ impl Broker {
     ) -> Result<Vec<CommittedOffset>, BrokerError> {
         self.check_running()?;
         check_group_id(group)?;
-        Ok(self.groups.store()?.fetch(group, partitions.as_deref()))
+        Ok(self
+            .groups
+            .offsets()?
+            .map()
+            .fetch(group, partitions.as_deref()))
     }
 
     /// Every group with members or committed offsets.
     pub fn list_groups(&self) -> Result<Vec<GroupListing>, BrokerError> {
         self.check_running()?;
-        let mut ids = self.groups.store()?.groups();
+        let mut ids = self.groups.offsets()?.map().groups();
         let coordinator = lock(&self.groups.coordinator);
         ids.extend(coordinator.group_ids());
         Ok(ids
@@ -360,7 +603,7 @@ impl Broker {
     pub fn describe_group(&self, group: &str) -> Result<GroupDescription, BrokerError> {
         self.check_running()?;
         check_group_id(group)?;
-        let offsets = self.groups.store()?.fetch(group, None);
+        let offsets = self.groups.offsets()?.map().fetch(group, None);
         let view: Option<GroupView> = lock(&self.groups.coordinator).describe(group);
         if view.is_none() && offsets.is_empty() {
             return Err(group_not_found(group));
@@ -396,29 +639,63 @@ impl Broker {
     pub async fn delete_group(self: &Arc<Self>, group: &str) -> Result<(), BrokerError> {
         self.check_running()?;
         check_group_id(group)?;
-        let store = self.groups.store()?;
+        let source = self.groups.offsets()?;
         let known = {
             let mut c = lock(&self.groups.coordinator);
             let known = c.describe(group).is_some();
             c.delete(group)?;
             known
         };
-        let owned = group.to_owned();
         let now = now_ms();
-        let removed = smol::unblock(move || store.delete_group(&owned, now))
-            .await
-            .map_err(|e| {
-                BrokerError::new(
-                    ErrorCode::KafkaStorageError,
-                    format!("{e}; retry the delete"),
-                )
-            })?;
+        let removed = match source {
+            Offsets::Local(store) => {
+                let owned = group.to_owned();
+                smol::unblock(move || store.delete_group(&owned, now))
+                    .await
+                    .map_err(|e| {
+                        BrokerError::new(
+                            ErrorCode::KafkaStorageError,
+                            format!("{e}; retry the delete"),
+                        )
+                    })?
+            }
+            Offsets::Cluster(loaded) => {
+                let keys = loaded.map.keys_of(group);
+                if !keys.is_empty() {
+                    let batch = offsets::tombstone_batch(&keys, now).map_err(offsets_error)?;
+                    self.append_offsets(batch).await?;
+                    loaded.map.deleted(&keys);
+                }
+                keys.len()
+            }
+        };
         if !known && removed == 0 {
             return Err(group_not_found(group));
         }
         self.groups.notify();
         Ok(())
     }
+}
+
+fn not_coordinator() -> BrokerError {
+    BrokerError::new(
+        ErrorCode::NotCoordinator,
+        format!(
+            "this node does not coordinate consumer groups (the leader of {OFFSETS_TOPIC}-0 \
+             does); find the coordinator again"
+        ),
+    )
+}
+
+fn coordinator_not_available(why: String) -> BrokerError {
+    BrokerError::new(
+        ErrorCode::CoordinatorNotAvailable,
+        format!("{why}; retry shortly"),
+    )
+}
+
+fn offsets_error(e: offsets::OffsetsError) -> BrokerError {
+    BrokerError::new(ErrorCode::InvalidRequest, e.to_string())
 }
 
 fn group_not_found(group: &str) -> BrokerError {

@@ -76,13 +76,20 @@ struct Committed {
     commit_timestamp: i64,
 }
 
-type Key = (String, String, u32);
+/// (group, topic, partition).
+pub type Key = (String, String, u32);
 
-/// The offsets log and the offsets it holds.
+/// Committed offsets in memory: what a replay of an offsets log gives.
+#[derive(Debug, Default)]
+pub struct OffsetMap {
+    committed: Mutex<BTreeMap<Key, Committed>>,
+}
+
+/// The offsets log of a single node and the offsets it holds.
 #[derive(Debug)]
 pub struct OffsetStore {
     log: SharedLog,
-    committed: Mutex<BTreeMap<Key, Committed>>,
+    map: OffsetMap,
 }
 
 /// The log config of the offsets log.
@@ -109,15 +116,16 @@ impl OffsetStore {
     ) -> Result<OffsetStore, OffsetsError> {
         let dir = data_dir.join(eddy_core::layout::partition_dir_name(OFFSETS_TOPIC, 0));
         let log = PartitionLog::open(storage, &dir, offsets_log_config(), now_ms)?;
-        let committed = replay(&log)?;
+        let map = OffsetMap::replay(&log)?;
         Ok(OffsetStore {
             log: SharedLog::new(log),
-            committed: Mutex::new(committed),
+            map,
         })
     }
 
-    fn map(&self) -> MutexGuard<'_, BTreeMap<Key, Committed>> {
-        self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    /// The offsets it holds.
+    pub fn map(&self) -> &OffsetMap {
+        &self.map
     }
 
     /// Stores `offsets` of `group` durably (blocks on an fsync).
@@ -127,22 +135,74 @@ impl OffsetStore {
         offsets: &[CommitOffset],
         now_ms: i64,
     ) -> Result<(), OffsetsError> {
-        let mut records = Vec::with_capacity(offsets.len());
-        for o in offsets {
-            let key = encode(&OffsetKey::V1 {
-                group: group.to_owned(),
-                topic: o.topic.clone(),
-                partition: o.partition,
-            })?;
-            let value = encode(&OffsetValue::V1 {
-                offset: o.offset,
-                metadata: o.metadata.clone(),
-                commit_timestamp: now_ms,
-            })?;
-            records.push((key, Some(value)));
+        let mut batch = commit_batch(group, offsets, now_ms)?;
+        self.append(&mut batch, now_ms)?;
+        self.map.committed(group, offsets, now_ms);
+        Ok(())
+    }
+
+    /// Writes tombstones for every offset of `group` (durably) and forgets
+    /// them. Returns how many there were.
+    pub fn delete_group(&self, group: &str, now_ms: i64) -> Result<usize, OffsetsError> {
+        let keys = self.map.keys_of(group);
+        if keys.is_empty() {
+            return Ok(0);
         }
-        self.append(records, now_ms)?;
-        let mut map = self.map();
+        let mut batch = tombstone_batch(&keys, now_ms)?;
+        self.append(&mut batch, now_ms)?;
+        self.map.deleted(&keys);
+        Ok(keys.len())
+    }
+
+    fn append(&self, batch: &mut [u8], now_ms: i64) -> Result<(), OffsetsError> {
+        self.log.append_durable(batch, 0, now_ms)?;
+        self.log.with(|log| {
+            let end = log.log_end_offset();
+            log.set_high_watermark(end);
+        });
+        Ok(())
+    }
+
+    /// Group-commit fsyncs so far.
+    pub fn syncs(&self) -> u64 {
+        self.log.syncs()
+    }
+
+    /// Compaction and removal of deleted files, when due.
+    pub fn maintain(&self, now_ms: i64) -> Result<(), OffsetsError> {
+        self.log.with(|log| -> Result<(), LogError> {
+            if log.compaction_due(now_ms) {
+                log.compact(now_ms)?;
+            }
+            log.enforce_retention(now_ms)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Flushes and closes the log.
+    pub fn close(self, now_ms: i64) -> Result<(), OffsetsError> {
+        self.log.into_inner().close(now_ms)?;
+        Ok(())
+    }
+}
+
+impl OffsetMap {
+    /// The offsets an offsets log holds: the last record per key wins, a
+    /// tombstone removes the key.
+    pub fn replay(log: &PartitionLog) -> Result<OffsetMap, OffsetsError> {
+        Ok(OffsetMap {
+            committed: Mutex::new(replay(log)?),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Key, Committed>> {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a commit of `offsets` of `group` that is now durable.
+    pub fn committed(&self, group: &str, offsets: &[CommitOffset], now_ms: i64) {
+        let mut map = self.lock();
         for o in offsets {
             map.insert(
                 (group.to_owned(), o.topic.clone(), o.partition),
@@ -153,61 +213,28 @@ impl OffsetStore {
                 },
             );
         }
-        Ok(())
     }
 
-    /// Writes tombstones for every offset of `group` (durably) and forgets
-    /// them. Returns how many there were.
-    pub fn delete_group(&self, group: &str, now_ms: i64) -> Result<usize, OffsetsError> {
-        let keys: Vec<Key> = self
-            .map()
-            .keys()
-            .filter(|k| k.0 == group)
-            .cloned()
-            .collect();
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let mut records = Vec::with_capacity(keys.len());
-        for (g, topic, partition) in &keys {
-            let key = encode(&OffsetKey::V1 {
-                group: g.clone(),
-                topic: topic.clone(),
-                partition: *partition,
-            })?;
-            records.push((key, None));
-        }
-        self.append(records, now_ms)?;
-        let mut map = self.map();
-        for k in &keys {
+    /// Every key of `group`.
+    pub fn keys_of(&self, group: &str) -> Vec<Key> {
+        self.lock()
+            .range((group.to_owned(), String::new(), 0)..)
+            .take_while(|(k, _)| k.0 == group)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Forgets `keys`, whose tombstones are now durable.
+    pub fn deleted(&self, keys: &[Key]) {
+        let mut map = self.lock();
+        for k in keys {
             map.remove(k);
         }
-        Ok(keys.len())
-    }
-
-    fn append(
-        &self,
-        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-        now_ms: i64,
-    ) -> Result<(), OffsetsError> {
-        let mut builder = BatchBuilder::new(BatchOptions::default());
-        for (key, value) in &records {
-            builder
-                .push(now_ms, Some(key), value.as_deref(), &[])
-                .map_err(LogError::InvalidBatch)?;
-        }
-        let mut batch = builder.build().map_err(LogError::InvalidBatch)?;
-        self.log.append_durable(&mut batch, 0, now_ms)?;
-        self.log.with(|log| {
-            let end = log.log_end_offset();
-            log.set_high_watermark(end);
-        });
-        Ok(())
     }
 
     /// The committed offsets of `group` (of `partitions`, or all).
     pub fn fetch(&self, group: &str, partitions: Option<&[(String, u32)]>) -> Vec<CommittedOffset> {
-        let map = self.map();
+        let map = self.lock();
         let view = |(k, c): (&Key, &Committed)| CommittedOffset {
             topic: k.1.clone(),
             partition: k.2,
@@ -233,31 +260,59 @@ impl OffsetStore {
 
     /// Every group with committed offsets.
     pub fn groups(&self) -> BTreeSet<String> {
-        self.map().keys().map(|k| k.0.clone()).collect()
+        self.lock().keys().map(|k| k.0.clone()).collect()
     }
+}
 
-    /// Group-commit fsyncs so far.
-    pub fn syncs(&self) -> u64 {
-        self.log.syncs()
-    }
-
-    /// Compaction and removal of deleted files, when due.
-    pub fn maintain(&self, now_ms: i64) -> Result<(), OffsetsError> {
-        self.log.with(|log| -> Result<(), LogError> {
-            if log.compaction_due(now_ms) {
-                log.compact(now_ms)?;
-            }
-            log.enforce_retention(now_ms)?;
-            Ok(())
+/// The record batch that commits `offsets` of `group`: one record per
+/// partition.
+pub fn commit_batch(
+    group: &str,
+    offsets: &[CommitOffset],
+    now_ms: i64,
+) -> Result<Vec<u8>, OffsetsError> {
+    let mut records = Vec::with_capacity(offsets.len());
+    for o in offsets {
+        let key = encode(&OffsetKey::V1 {
+            group: group.to_owned(),
+            topic: o.topic.clone(),
+            partition: o.partition,
         })?;
-        Ok(())
+        let value = encode(&OffsetValue::V1 {
+            offset: o.offset,
+            metadata: o.metadata.clone(),
+            commit_timestamp: now_ms,
+        })?;
+        records.push((key, Some(value)));
     }
+    build_batch(&records, now_ms)
+}
 
-    /// Flushes and closes the log.
-    pub fn close(self, now_ms: i64) -> Result<(), OffsetsError> {
-        self.log.into_inner().close(now_ms)?;
-        Ok(())
+/// The record batch of tombstones for `keys`.
+pub fn tombstone_batch(keys: &[Key], now_ms: i64) -> Result<Vec<u8>, OffsetsError> {
+    let mut records = Vec::with_capacity(keys.len());
+    for (group, topic, partition) in keys {
+        let key = encode(&OffsetKey::V1 {
+            group: group.clone(),
+            topic: topic.clone(),
+            partition: *partition,
+        })?;
+        records.push((key, None));
     }
+    build_batch(&records, now_ms)
+}
+
+fn build_batch(
+    records: &[(Vec<u8>, Option<Vec<u8>>)],
+    now_ms: i64,
+) -> Result<Vec<u8>, OffsetsError> {
+    let mut builder = BatchBuilder::new(BatchOptions::default());
+    for (key, value) in records {
+        builder
+            .push(now_ms, Some(key), value.as_deref(), &[])
+            .map_err(LogError::InvalidBatch)?;
+    }
+    Ok(builder.build().map_err(LogError::InvalidBatch)?)
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, OffsetsError> {
@@ -363,7 +418,7 @@ mod tests {
             drop(store);
         }
         let store = OffsetStore::open(storage, dir.path(), 6).expect("reopen");
-        let g = store.fetch("g", None);
+        let g = store.map().fetch("g", None);
         assert_eq!(g.len(), 2);
         assert_eq!(
             (g[0].partition, g[0].offset, g[0].metadata.as_str()),
@@ -372,13 +427,14 @@ mod tests {
         assert_eq!((g[1].partition, g[1].offset), (1, 7));
         assert_eq!(
             store
+                .map()
                 .fetch("h", Some(&[("t".into(), 0), ("t".into(), 3)]))
                 .len(),
             1
         );
-        assert!(store.fetch("x", None).is_empty());
+        assert!(store.map().fetch("x", None).is_empty());
         assert_eq!(
-            store.groups().into_iter().collect::<Vec<_>>(),
+            store.map().groups().into_iter().collect::<Vec<_>>(),
             vec!["g".to_string(), "h".to_string()]
         );
         store.close(7).expect("close");
