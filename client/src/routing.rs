@@ -294,19 +294,11 @@ impl Client {
         let deadline = Instant::now() + Duration::from_millis(COORDINATOR_RETRY_MS);
         let mut backoff = COORDINATOR_BACKOFF_MS;
         loop {
-            let result = match self.coordinator(group).await {
+            let result = match self.find_coordinator(group).await {
                 Ok(c) => c.request(header.clone(), &[]).await.map(|(r, _)| r),
                 Err(e) => Err(e),
             };
-            let again = match &result {
-                Err(ClientError::Server(body)) => matches!(
-                    body.code,
-                    ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable
-                ),
-                Err(e) => e.is_connection_error() && lock(self.routes()).nodes.len() > 1,
-                Ok(_) => false,
-            };
-            if !again || Instant::now() >= deadline {
+            if !self.coordinator_may_move(&result) || Instant::now() >= deadline {
                 return result;
             }
             lock(self.routes()).coordinators.remove(group);
@@ -315,9 +307,36 @@ impl Client {
         }
     }
 
+    /// The client of `group`'s coordinator, waiting (at most
+    /// [`COORDINATOR_RETRY_MS`]) while the cluster has none available.
+    pub async fn coordinator(&self, group: &str) -> Result<Client, ClientError> {
+        let deadline = Instant::now() + Duration::from_millis(COORDINATOR_RETRY_MS);
+        let mut backoff = COORDINATOR_BACKOFF_MS;
+        loop {
+            let result = self.find_coordinator(group).await;
+            if !self.coordinator_may_move(&result) || Instant::now() >= deadline {
+                return result;
+            }
+            smol::Timer::after(Duration::from_millis(backoff)).await;
+            backoff = (backoff * 2).min(COORDINATOR_BACKOFF_MAX_MS);
+        }
+    }
+
+    /// Whether `result` of a group request says to find the coordinator again.
+    fn coordinator_may_move<T>(&self, result: &Result<T, ClientError>) -> bool {
+        match result {
+            Err(ClientError::Server(body)) => matches!(
+                body.code,
+                ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable
+            ),
+            Err(e) => e.is_connection_error() && lock(self.routes()).nodes.len() > 1,
+            Ok(_) => false,
+        }
+    }
+
     /// The client of `group`'s coordinator: cached, else asked of this
     /// client's node (FindCoordinator), else of every other node known.
-    pub async fn coordinator(&self, group: &str) -> Result<Client, ClientError> {
+    async fn find_coordinator(&self, group: &str) -> Result<Client, ClientError> {
         let known = lock(self.routes()).coordinators.get(group).cloned();
         if let Some(address) = known {
             return self.client_for(&address);

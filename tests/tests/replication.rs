@@ -663,6 +663,81 @@ fn consumer_groups_have_one_coordinator_and_keep_their_offsets_when_it_dies() {
     assert_eq!(committed(&back), Some(50));
 }
 
+#[test]
+fn a_subscribed_consumer_carries_on_from_its_commits_when_the_coordinator_dies() {
+    let dir = tmp();
+    let mut cluster = TestCluster::start(dir.path(), 3, FAST);
+    cluster.wait_ready(3);
+    let client = cluster.any_client();
+    create(&client, "feed", 3, &[("min.insync.replicas", "2")]);
+    let p = producer(&client);
+    smol::block_on(async {
+        for i in 0..60 {
+            p.send_and_wait(ProducerRecord::new("feed", format!("r{i}")))
+                .await
+                .expect("produce");
+        }
+    });
+    let coordinator = smol::block_on(client.coordinator("s")).expect("coordinator");
+    let dead = node_of(&cluster, &coordinator);
+    // The consumer talks to another node first; its group requests go to
+    // the coordinator wherever it is.
+    let home = (0..3).find(|i| *i != dead).expect("another node");
+    let config = ConsumerConfig {
+        group_id: Some("s".into()),
+        session_timeout_ms: 10_000,
+        heartbeat_interval_ms: 500,
+        rebalance_timeout_ms: 10_000,
+        fetch_max_wait_ms: 200,
+        max_poll_records: 10,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(cluster.client(home), config).expect("consumer");
+    consumer.subscribe(vec!["feed".into()]).expect("subscribe");
+    let mut seen = Vec::new();
+    let poll_until = |consumer: &mut Consumer, want: u64, seen: &mut Vec<u64>| {
+        let deadline = Instant::now() + WAIT;
+        while seen.iter().max().is_none_or(|m| *m + 1 < want) && Instant::now() < deadline {
+            let records = smol::block_on(consumer.poll(Duration::from_millis(200)));
+            if let Ok(records) = records {
+                seen.extend(records.iter().map(|r| r.offset));
+            }
+        }
+    };
+    poll_until(&mut consumer, 30, &mut seen);
+    smol::block_on(consumer.commit_sync()).expect("commit");
+    let committed_before = seen.iter().max().map_or(0, |m| m + 1);
+    assert!(committed_before >= 30, "read {seen:?}");
+
+    cluster.kill9(dead);
+    let mut after = Vec::new();
+    poll_until(&mut consumer, 60, &mut after);
+    // The new coordinator does not know the member: polling re-joins it
+    // there (resuming at the last commit), and then everything is committed.
+    let c = cluster.client(home);
+    let ok = wait_until(WAIT, || {
+        if let Ok(records) = smol::block_on(consumer.poll(Duration::from_millis(200))) {
+            after.extend(records.iter().map(|r| r.offset));
+        }
+        smol::block_on(consumer.commit_sync()).is_ok()
+            && smol::block_on(c.fetch_offsets("s", None))
+                .is_ok_and(|o| o.first().is_some_and(|o| o.offset == 60))
+    });
+    assert!(ok, "no commit after the failover:\n{}", cluster.logs());
+    // Every record once before the failover; afterwards at least the rest,
+    // starting no earlier than the last commit (a re-join may re-read from it).
+    let all: BTreeSet<u64> = seen.iter().chain(&after).copied().collect();
+    assert_eq!(
+        all,
+        (0..60).collect::<BTreeSet<u64>>(),
+        "{seen:?} then {after:?}"
+    );
+    assert!(
+        after.iter().all(|o| *o >= committed_before),
+        "re-read before the last commit ({committed_before}): {after:?}"
+    );
+}
+
 /// A tiny deterministic generator (SplitMix64), so a seed replays the schedule.
 struct Rng(u64);
 
