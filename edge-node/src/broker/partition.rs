@@ -159,9 +159,19 @@ impl LeaderState {
             .filter(|r| *r == self.me || self.followers.get(r).is_some_and(caught_up))
             .collect();
         let kept = isr.len();
-        isr.extend(self.followers.iter().filter_map(|(id, f)| {
-            (!self.isr.contains(id) && f.leo >= hw && f.leo >= self.epoch_start).then_some(*id)
-        }));
+        // Only a replica that is fetching joins (Kafka expands the ISR on a
+        // follower's fetch): one that died at the high watermark of a
+        // partition that has had no records since would otherwise be
+        // proposed again and again, and refused by the controller as long as
+        // its node is down.
+        let joins = |f: &FollowerProgress| {
+            f.leo >= hw && f.leo >= self.epoch_start && now_ms - f.last_fetch_ms <= lag_ms
+        };
+        isr.extend(
+            self.followers
+                .iter()
+                .filter_map(|(id, f)| (!self.isr.contains(id) && joins(f)).then_some(*id)),
+        );
         // Members only leave and non-members only join: a change is one or
         // the other.
         (kept < self.isr.len() || isr.len() > kept).then(|| {
@@ -819,6 +829,19 @@ mod tests {
         // whose high watermark is still behind): not yet.
         let before_epoch = leader(&[0, 1], &[(1, 5, 9_000), (2, 5, 9_000)]);
         assert_eq!(before_epoch.isr_proposal(20, 5, 9_000, LAG), None);
+    }
+
+    #[test]
+    fn a_replica_that_stopped_fetching_at_the_high_watermark_does_not_join() {
+        // Follower 2 left the ISR and was at the high watermark when it last
+        // fetched (t=1000); nothing was produced since, so it still "has"
+        // everything, but it is not fetching: it must not be proposed.
+        let idle = leader(&[0, 1], &[(1, 100, 9_000), (2, 100, 1_000)]);
+        assert_eq!(
+            idle.isr_proposal(100, 100, 1_000 + LAG, LAG),
+            Some(vec![0, 1, 2])
+        );
+        assert_eq!(idle.isr_proposal(100, 100, 1_001 + LAG, LAG), None);
     }
 
     #[test]
