@@ -324,12 +324,15 @@ impl Client {
 
     /// Whether `result` of a group request says to find the coordinator again.
     fn coordinator_may_move<T>(&self, result: &Result<T, ClientError>) -> bool {
+        let several_nodes = || lock(self.routes()).nodes.len() > 1;
         match result {
-            Err(ClientError::Server(body)) => matches!(
-                body.code,
-                ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable
-            ),
-            Err(e) => e.is_connection_error() && lock(self.routes()).nodes.len() > 1,
+            Err(ClientError::Server(body)) => match body.code {
+                ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable => true,
+                // A coordinator stopping (a rolling restart) hands over.
+                ErrorCode::ShuttingDown => several_nodes(),
+                _ => false,
+            },
+            Err(e) => e.is_connection_error() && several_nodes(),
             Ok(_) => false,
         }
     }
@@ -373,7 +376,9 @@ impl Client {
                     return self.client_for(&address);
                 }
                 Ok((other, _)) => return Err(c.unexpected("FindCoordinator", &other)),
-                Err(e) if e.is_connection_error() => last = Some(e),
+                Err(e) if e.is_connection_error() || e.code() == Some(ErrorCode::ShuttingDown) => {
+                    last = Some(e);
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -659,8 +659,15 @@ fn consumer_groups_have_one_coordinator_and_keep_their_offsets_when_it_dies() {
     // The dead node comes back as a follower; the offsets stay where they are.
     cluster.start_node(dead);
     cluster.wait_ready(3);
+    // (It may answer from what it knew before it died until it has caught
+    // up with the controller.)
     let back = cluster.client(dead);
-    assert_eq!(committed(&back), Some(50));
+    let ok = wait_until(WAIT, || committed(&back) == Some(50));
+    assert!(
+        ok,
+        "the restarted node routes to the coordinator:\n{}",
+        cluster.logs()
+    );
 }
 
 #[test]

@@ -314,6 +314,21 @@ impl Broker {
         // In a cluster the offsets are the topic __consumer_offsets, whose
         // partition directory a single node's offsets log would use.
         let groups = if config.is_clustered() {
+            match group::offsets::set_aside_pre_cluster_log(&data_dir, now) {
+                Ok(Some(aside)) => warn!(
+                    "this node's own committed offsets, from before consumer groups were \
+                     coordinated by the cluster, were moved to {}; groups now keep their \
+                     offsets in the replicated topic __consumer_offsets",
+                    aside.display()
+                ),
+                Ok(None) => {}
+                Err(error) => {
+                    return Err(OpenError::DataDir {
+                        path: data_dir.join("__consumer_offsets-0"),
+                        error,
+                    });
+                }
+            }
             group::Groups::new_in_cluster()
         } else {
             group::Groups::new(group::offsets::OffsetStore::open(

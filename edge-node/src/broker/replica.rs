@@ -311,6 +311,14 @@ impl Broker {
                             format!("cannot open {owned}-{index}: {e}"),
                         )
                     })?;
+                if owned == OFFSETS_TOPIC {
+                    super::group::offsets::mark_cluster_replica(&dir).map_err(|e| {
+                        BrokerError::new(
+                            ErrorCode::KafkaStorageError,
+                            format!("cannot mark {owned}-{index} as a replica: {e}"),
+                        )
+                    })?;
+                }
                 logs.push(log);
             }
             Ok(logs)

@@ -55,7 +55,12 @@ pub struct Groups {
     offsets: Mutex<Source>,
     ticker: Mutex<Option<Task<()>>>,
     epoch: Instant,
+    /// When this node last proposed `__consumer_offsets` (cluster only).
+    offsets_topic_proposed: Mutex<Option<Instant>>,
 }
+
+/// Least time between two proposals of `__consumer_offsets` by one node.
+const OFFSETS_TOPIC_PROPOSE_EVERY: Duration = Duration::from_secs(1);
 
 /// Where committed offsets live.
 #[derive(Debug)]
@@ -132,6 +137,7 @@ impl Groups {
             offsets: Mutex::new(source),
             ticker: Mutex::new(None),
             epoch: Instant::now(),
+            offsets_topic_proposed: Mutex::new(None),
         }
     }
 
@@ -440,10 +446,15 @@ impl Broker {
                         )
                     })
             }
-            Offsets::Cluster(loaded) => {
+            Offsets::Cluster(_) => {
                 let batch = offsets::commit_batch(group, &offsets, now).map_err(offsets_error)?;
-                self.append_offsets(batch).await?;
-                loaded.map.committed(group, &offsets, now);
+                let at = self.append_offsets(batch).await?;
+                // Into the offsets this node coordinates with now: after a
+                // leadership change the loaded map may be a newer one, replayed
+                // before this record was appended (updates apply in log order).
+                if let Ok(current) = self.groups.offsets() {
+                    current.map().committed(group, &offsets, now, at);
+                }
                 Ok(())
             }
         }
@@ -453,7 +464,7 @@ impl Broker {
     /// `acks=all`. Errors map as Kafka maps them for offset commits: a lost
     /// leadership or disk to `NotCoordinator` (find the new coordinator),
     /// too few replicas or a timeout to `CoordinatorNotAvailable` (retry).
-    async fn append_offsets(self: &Arc<Self>, batch: Vec<u8>) -> Result<(), BrokerError> {
+    async fn append_offsets(self: &Arc<Self>, batch: Vec<u8>) -> Result<u64, BrokerError> {
         let result = self
             .produce(
                 OFFSETS_TOPIC,
@@ -463,7 +474,7 @@ impl Broker {
                 batch,
             )
             .await;
-        result.map(|_| ()).map_err(|e| {
+        result.map(|r| r.appended.base_offset).map_err(|e| {
             let code = match e.code {
                 ErrorCode::NotLeaderOrFollower
                 | ErrorCode::FencedLeaderEpoch
@@ -537,21 +548,46 @@ impl Broker {
         }
     }
 
-    /// Proposes `__consumer_offsets` to the metadata quorum (once several
-    /// nodes race, all but one get `TopicAlreadyExists`, which is fine).
+    /// Proposes `__consumer_offsets` to the metadata quorum, at most once per
+    /// [`OFFSETS_TOPIC_PROPOSE_EVERY`] from this node (when several nodes
+    /// race, all but one get `TopicAlreadyExists`, which is fine). Its
+    /// replication factor is [`OFFSETS_TOPIC_REPLICATION_FACTOR`], or the
+    /// live node count when fewer are up (replicas go to live nodes; never
+    /// one while two nodes or more are voters: it waits for a second), and
+    /// `min.insync.replicas` is 2 when it has two replicas or more, so an
+    /// acknowledged commit is on two nodes. Its configs are its own, not
+    /// the node's topic defaults: compacted, no plugins.
     async fn create_offsets_topic(self: &Arc<Self>, cluster: &crate::cluster::Cluster) {
-        let nodes = cluster.settings().voters.len() as u16;
+        {
+            let mut last = lock(&self.groups.offsets_topic_proposed);
+            if last.is_some_and(|t| t.elapsed() < OFFSETS_TOPIC_PROPOSE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let live = cluster.state().live_brokers().len();
+        let voters = cluster.settings().voters.len();
+        if live < voters.min(2) {
+            // Not a single-replica topic in a cluster that is still starting.
+            return;
+        }
+        let rf = OFFSETS_TOPIC_REPLICATION_FACTOR.min(u16::try_from(live).unwrap_or(u16::MAX));
+        let configs = [
+            ("cleanup.policy", "compact".to_owned()),
+            ("segment.bytes", OFFSETS_TOPIC_SEGMENT_BYTES.to_owned()),
+            ("min.insync.replicas", rf.min(2).to_string()),
+            ("interceptor.plugins", String::new()),
+            ("retention.plugin", String::new()),
+            ("partitioner.plugin", String::new()),
+        ];
         let state = super::metadata::TopicState {
             name: OFFSETS_TOPIC.to_owned(),
             partitions: 1,
-            replication_factor: OFFSETS_TOPIC_REPLICATION_FACTOR.min(nodes).max(1),
-            configs: vec![
-                ("cleanup.policy".to_owned(), "compact".to_owned()),
-                (
-                    "segment.bytes".to_owned(),
-                    OFFSETS_TOPIC_SEGMENT_BYTES.to_owned(),
-                ),
-            ],
+            replication_factor: rf,
+            configs: configs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
         };
         match self.cluster_create(cluster, state).await {
             Ok(()) => log::info!("created {OFFSETS_TOPIC} for the consumer groups"),
@@ -663,8 +699,10 @@ impl Broker {
                 let keys = loaded.map.keys_of(group);
                 if !keys.is_empty() {
                     let batch = offsets::tombstone_batch(&keys, now).map_err(offsets_error)?;
-                    self.append_offsets(batch).await?;
-                    loaded.map.deleted(&keys);
+                    let at = self.append_offsets(batch).await?;
+                    if let Ok(current) = self.groups.offsets() {
+                        current.map().deleted(&keys, at);
+                    }
                 }
                 keys.len()
             }

@@ -74,15 +74,52 @@ struct Committed {
     offset: u64,
     metadata: String,
     commit_timestamp: i64,
+    /// The offset of its record in the offsets log: of two commits of one
+    /// partition, the later record wins, whichever is applied last.
+    at: u64,
 }
 
 /// (group, topic, partition).
 pub type Key = (String, String, u32);
 
 /// Committed offsets in memory: what a replay of an offsets log gives.
+///
+/// Updates are applied in log order whatever order they arrive in: each
+/// entry keeps the log offset of its record, and the offset of each group's
+/// latest tombstone is kept, so a commit that was appended before a later
+/// commit or a delete of its group never overwrites them.
 #[derive(Debug, Default)]
 pub struct OffsetMap {
-    committed: Mutex<BTreeMap<Key, Committed>>,
+    state: Mutex<MapState>,
+}
+
+#[derive(Debug, Default)]
+struct MapState {
+    committed: BTreeMap<Key, Committed>,
+    /// Group → log offset of its latest tombstone.
+    deleted: BTreeMap<String, u64>,
+}
+
+impl MapState {
+    fn commit(&mut self, key: Key, value: Committed) {
+        if self.deleted.get(&key.0).is_some_and(|d| *d > value.at) {
+            return;
+        }
+        match self.committed.get(&key) {
+            Some(old) if old.at > value.at => {}
+            _ => {
+                self.committed.insert(key, value);
+            }
+        }
+    }
+
+    fn tombstone(&mut self, key: &Key, at: u64) {
+        if self.committed.get(key).is_some_and(|old| old.at < at) {
+            self.committed.remove(key);
+        }
+        let latest = self.deleted.entry(key.0.clone()).or_insert(at);
+        *latest = (*latest).max(at);
+    }
 }
 
 /// The offsets log of a single node and the offsets it holds.
@@ -136,8 +173,8 @@ impl OffsetStore {
         now_ms: i64,
     ) -> Result<(), OffsetsError> {
         let mut batch = commit_batch(group, offsets, now_ms)?;
-        self.append(&mut batch, now_ms)?;
-        self.map.committed(group, offsets, now_ms);
+        let at = self.append(&mut batch, now_ms)?;
+        self.map.committed(group, offsets, now_ms, at);
         Ok(())
     }
 
@@ -149,18 +186,19 @@ impl OffsetStore {
             return Ok(0);
         }
         let mut batch = tombstone_batch(&keys, now_ms)?;
-        self.append(&mut batch, now_ms)?;
-        self.map.deleted(&keys);
+        let at = self.append(&mut batch, now_ms)?;
+        self.map.deleted(&keys, at);
         Ok(keys.len())
     }
 
-    fn append(&self, batch: &mut [u8], now_ms: i64) -> Result<(), OffsetsError> {
-        self.log.append_durable(batch, 0, now_ms)?;
+    /// Appends durably; returns the offset of the batch's first record.
+    fn append(&self, batch: &mut [u8], now_ms: i64) -> Result<u64, OffsetsError> {
+        let info = self.log.append_durable(batch, 0, now_ms)?;
         self.log.with(|log| {
             let end = log.log_end_offset();
             log.set_high_watermark(end);
         });
-        Ok(())
+        Ok(info.base_offset)
     }
 
     /// Group-commit fsyncs so far.
@@ -187,29 +225,70 @@ impl OffsetStore {
     }
 }
 
+/// The file that marks `__consumer_offsets-0` as a replica of the cluster's
+/// topic. Nodes of a cluster before the topic was replicated kept a log of
+/// their own in that directory; without the marker a cluster node moves it
+/// aside ([`set_aside_pre_cluster_log`]) rather than take it for a replica.
+pub const CLUSTER_REPLICA_MARKER: &str = "cluster-replica";
+
+/// Marks the directory `dir` of `__consumer_offsets-0` as a replica of the
+/// cluster's topic (an empty file, synced with its directory).
+pub fn mark_cluster_replica(dir: &Path) -> std::io::Result<()> {
+    let marker = dir.join(CLUSTER_REPLICA_MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    std::fs::File::create(&marker)?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// On a cluster node: moves a `__consumer_offsets-0` directory without the
+/// replica marker (the node's own offsets log from before groups were
+/// coordinated by the cluster) to `__consumer_offsets-0.pre-cluster-<ms>`,
+/// so that the replicated topic starts from its leader's copy. Returns where
+/// it went, if it was there.
+pub fn set_aside_pre_cluster_log(
+    data_dir: &Path,
+    now_ms: i64,
+) -> std::io::Result<Option<std::path::PathBuf>> {
+    let dir = data_dir.join(eddy_core::layout::partition_dir_name(OFFSETS_TOPIC, 0));
+    if !dir.is_dir() || dir.join(CLUSTER_REPLICA_MARKER).exists() {
+        return Ok(None);
+    }
+    let aside = data_dir.join(format!(
+        "{}.pre-cluster-{now_ms}",
+        eddy_core::layout::partition_dir_name(OFFSETS_TOPIC, 0)
+    ));
+    std::fs::rename(&dir, &aside)?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(Some(aside))
+}
+
 impl OffsetMap {
     /// The offsets an offsets log holds: the last record per key wins, a
     /// tombstone removes the key.
     pub fn replay(log: &PartitionLog) -> Result<OffsetMap, OffsetsError> {
         Ok(OffsetMap {
-            committed: Mutex::new(replay(log)?),
+            state: Mutex::new(replay(log)?),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<Key, Committed>> {
-        self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, MapState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a commit of `offsets` of `group` that is now durable.
-    pub fn committed(&self, group: &str, offsets: &[CommitOffset], now_ms: i64) {
-        let mut map = self.lock();
-        for o in offsets {
-            map.insert(
+    /// Takes a commit of `offsets` of `group` that is now durable, its
+    /// records at log offsets `at`, `at + 1`, ... ([`commit_batch`] order).
+    pub fn committed(&self, group: &str, offsets: &[CommitOffset], now_ms: i64, at: u64) {
+        let mut state = self.lock();
+        for (i, o) in offsets.iter().enumerate() {
+            state.commit(
                 (group.to_owned(), o.topic.clone(), o.partition),
                 Committed {
                     offset: o.offset,
                     metadata: o.metadata.clone(),
                     commit_timestamp: now_ms,
+                    at: at + i as u64,
                 },
             );
         }
@@ -218,23 +297,25 @@ impl OffsetMap {
     /// Every key of `group`.
     pub fn keys_of(&self, group: &str) -> Vec<Key> {
         self.lock()
+            .committed
             .range((group.to_owned(), String::new(), 0)..)
             .take_while(|(k, _)| k.0 == group)
             .map(|(k, _)| k.clone())
             .collect()
     }
 
-    /// Forgets `keys`, whose tombstones are now durable.
-    pub fn deleted(&self, keys: &[Key]) {
-        let mut map = self.lock();
-        for k in keys {
-            map.remove(k);
+    /// Takes the tombstones of `keys`, now durable at log offsets `at`, ...
+    pub fn deleted(&self, keys: &[Key], at: u64) {
+        let mut state = self.lock();
+        for (i, k) in keys.iter().enumerate() {
+            state.tombstone(k, at + i as u64);
         }
     }
 
     /// The committed offsets of `group` (of `partitions`, or all).
     pub fn fetch(&self, group: &str, partitions: Option<&[(String, u32)]>) -> Vec<CommittedOffset> {
-        let map = self.lock();
+        let state = self.lock();
+        let map = &state.committed;
         let view = |(k, c): (&Key, &Committed)| CommittedOffset {
             topic: k.1.clone(),
             partition: k.2,
@@ -260,7 +341,7 @@ impl OffsetMap {
 
     /// Every group with committed offsets.
     pub fn groups(&self) -> BTreeSet<String> {
-        self.lock().keys().map(|k| k.0.clone()).collect()
+        self.lock().committed.keys().map(|k| k.0.clone()).collect()
     }
 }
 
@@ -322,8 +403,8 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, OffsetsError> {
     })
 }
 
-fn replay(log: &PartitionLog) -> Result<BTreeMap<Key, Committed>, OffsetsError> {
-    let mut map = BTreeMap::new();
+fn replay(log: &PartitionLog) -> Result<MapState, OffsetsError> {
+    let mut map = MapState::default();
     let end = log.log_end_offset();
     let mut offset = log.log_start_offset();
     while offset < end {
@@ -357,21 +438,20 @@ fn replay(log: &PartitionLog) -> Result<BTreeMap<Key, Committed>, OffsetsError> 
                 } = postcard::from_bytes(&key).map_err(bad)?;
                 let k = (group, topic, partition);
                 match record.value {
-                    None => {
-                        map.remove(&k);
-                    }
+                    None => map.tombstone(&k, at),
                     Some(value) => {
                         let OffsetValue::V1 {
                             offset,
                             metadata,
                             commit_timestamp,
                         } = postcard::from_bytes(&value).map_err(bad)?;
-                        map.insert(
+                        map.commit(
                             k,
                             Committed {
                                 offset,
                                 metadata,
                                 commit_timestamp,
+                                at,
                             },
                         );
                     }
@@ -398,6 +478,52 @@ mod tests {
             offset,
             metadata: format!("m{offset}"),
         }
+    }
+
+    #[test]
+    fn a_pre_cluster_offsets_log_is_set_aside_and_a_marked_replica_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage: Arc<dyn Storage> = Arc::new(FsStorage);
+        let store = OffsetStore::open(storage, dir.path(), 1).expect("open");
+        store.commit("g", &[o("t", 0, 5)], 2).expect("commit");
+        store.close(3).expect("close");
+        let aside = set_aside_pre_cluster_log(dir.path(), 4)
+            .expect("set aside")
+            .expect("it was there");
+        assert!(aside.join("00000000000000000000.log").is_file());
+        let live = dir.path().join("__consumer_offsets-0");
+        assert!(!live.exists());
+        assert_eq!(
+            set_aside_pre_cluster_log(dir.path(), 5).expect("none"),
+            None
+        );
+        std::fs::create_dir(&live).expect("replica dir");
+        mark_cluster_replica(&live).expect("mark");
+        assert_eq!(
+            set_aside_pre_cluster_log(dir.path(), 6).expect("kept"),
+            None
+        );
+        assert!(live.is_dir());
+    }
+
+    #[test]
+    fn updates_apply_in_log_order_whatever_order_they_arrive_in() {
+        let map = OffsetMap::default();
+        let value = |g: &str| map.fetch(g, None).first().map(|c| c.offset);
+        // The commit at log offset 7 is applied before the one at 5.
+        map.committed("g", &[o("t", 0, 150)], 1, 7);
+        map.committed("g", &[o("t", 0, 100)], 1, 5);
+        assert_eq!(value("g"), Some(150), "the later record wins");
+        // A delete at 9, then a commit appended before it (at 8) arrives.
+        map.deleted(&map.keys_of("g"), 9);
+        map.committed("g", &[o("t", 0, 120)], 1, 8);
+        assert_eq!(value("g"), None, "the delete is later");
+        // A commit after the delete counts.
+        map.committed("g", &[o("t", 0, 200)], 1, 10);
+        assert_eq!(value("g"), Some(200));
+        // A tombstone older than the entry leaves it.
+        map.deleted(&[("g".into(), "t".into(), 0)], 6);
+        assert_eq!(value("g"), Some(200));
     }
 
     #[test]
