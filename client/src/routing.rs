@@ -376,6 +376,15 @@ impl Client {
                     return self.client_for(&address);
                 }
                 Ok((other, _)) => return Err(c.unexpected("FindCoordinator", &other)),
+                // A node from before FindCoordinator coordinates its own groups.
+                Err(ClientError::Server(body))
+                    if matches!(
+                        body.code,
+                        ErrorCode::InvalidRequest | ErrorCode::UnsupportedVersion
+                    ) =>
+                {
+                    return Ok(c);
+                }
                 Err(e) if e.is_connection_error() || e.code() == Some(ErrorCode::ShuttingDown) => {
                     last = Some(e);
                 }

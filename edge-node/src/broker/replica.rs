@@ -271,10 +271,14 @@ impl Broker {
                 self.groups.load(map, epoch);
                 info!("coordinating consumer groups ({OFFSETS_TOPIC}-0, epoch {epoch})");
             }
-            Err(e) => warn!(
-                "{OFFSETS_TOPIC}-0: cannot load the committed offsets: {e}; \
-                 group requests answer CoordinatorNotAvailable until it works"
-            ),
+            Err(e) => {
+                // Not the offsets of an older epoch either.
+                self.groups.unload();
+                warn!(
+                    "{OFFSETS_TOPIC}-0: cannot load the committed offsets: {e}; \
+                     group requests answer CoordinatorNotAvailable until it works"
+                );
+            }
         }
     }
 
