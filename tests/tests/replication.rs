@@ -338,8 +338,10 @@ fn a_stopped_follower_leaves_the_isr_truncates_by_epoch_and_rejoins() {
     cluster.pause(a);
     cluster.pause(b);
     // Fetches the followers had waiting at the leader expire (answered into
-    // paused processes) before the divergent appends.
-    std::thread::sleep(Duration::from_millis(1500));
+    // paused processes) before the divergent appends: six times their
+    // 500 ms wait, as a loaded machine may run the leader's timer late (a
+    // fetch still waiting would carry the divergent records to a follower).
+    std::thread::sleep(Duration::from_millis(3000));
     smol::block_on(async {
         for i in 0..20 {
             to_old
