@@ -291,32 +291,45 @@ impl Client {
             version: PROTOCOL_VERSION,
             request,
         };
+        self.while_coordinator_moves(group, |c| {
+            let header = header.clone();
+            async move { c.request(header, &[]).await.map(|(r, _)| r) }
+        })
+        .await
+    }
+
+    /// The client of `group`'s coordinator, waiting (at most
+    /// [`COORDINATOR_RETRY_MS`]) while the cluster has none available.
+    pub async fn coordinator(&self, group: &str) -> Result<Client, ClientError> {
+        self.while_coordinator_moves(group, |c| async move { Ok(c) })
+            .await
+    }
+
+    /// Runs `attempt` on `group`'s coordinator; while the outcome says the
+    /// coordinator moved or is not available ([`Client::coordinator_may_move`]),
+    /// forgets it, pauses (doubling from [`COORDINATOR_BACKOFF_MS`] up to
+    /// [`COORDINATOR_BACKOFF_MAX_MS`]) and tries again, for at most
+    /// [`COORDINATOR_RETRY_MS`]; then returns the last outcome.
+    async fn while_coordinator_moves<T, F, Fut>(
+        &self,
+        group: &str,
+        mut attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
         let deadline = Instant::now() + Duration::from_millis(COORDINATOR_RETRY_MS);
         let mut backoff = COORDINATOR_BACKOFF_MS;
         loop {
             let result = match self.find_coordinator(group).await {
-                Ok(c) => c.request(header.clone(), &[]).await.map(|(r, _)| r),
+                Ok(c) => attempt(c).await,
                 Err(e) => Err(e),
             };
             if !self.coordinator_may_move(&result) || Instant::now() >= deadline {
                 return result;
             }
             lock(self.routes()).coordinators.remove(group);
-            smol::Timer::after(Duration::from_millis(backoff)).await;
-            backoff = (backoff * 2).min(COORDINATOR_BACKOFF_MAX_MS);
-        }
-    }
-
-    /// The client of `group`'s coordinator, waiting (at most
-    /// [`COORDINATOR_RETRY_MS`]) while the cluster has none available.
-    pub async fn coordinator(&self, group: &str) -> Result<Client, ClientError> {
-        let deadline = Instant::now() + Duration::from_millis(COORDINATOR_RETRY_MS);
-        let mut backoff = COORDINATOR_BACKOFF_MS;
-        loop {
-            let result = self.find_coordinator(group).await;
-            if !self.coordinator_may_move(&result) || Instant::now() >= deadline {
-                return result;
-            }
             smol::Timer::after(Duration::from_millis(backoff)).await;
             backoff = (backoff * 2).min(COORDINATOR_BACKOFF_MAX_MS);
         }

@@ -23,7 +23,7 @@ use eddy_core::layout;
 use eddy_core::log::PartitionLog;
 use log::{info, warn};
 
-use super::metadata::{INTERNAL_PREFIX, TopicState};
+use super::metadata::TopicState;
 use super::partition::Partition;
 use super::{
     Broker, BrokerError, DELETE_DIR_SUFFIX, PARTITIONS_PER_TOPIC_MAX, Topic, lock, now_ms,
@@ -101,14 +101,8 @@ impl Broker {
         self.check_running()?;
         layout::validate_topic_name(name)
             .map_err(|e| BrokerError::new(ErrorCode::InvalidTopic, e))?;
-        if name.starts_with(INTERNAL_PREFIX) {
-            return Err(BrokerError::new(
-                ErrorCode::InvalidTopic,
-                format!(
-                    "topic name {name:?} starts with {INTERNAL_PREFIX:?}, which is reserved \
-                     for the node's internal topics; pick another name"
-                ),
-            ));
+        if super::is_internal_topic(name) {
+            return Err(super::internal_topic_refused(name, "create"));
         }
         check_partition_count(name, partitions)?;
         let nodes = self

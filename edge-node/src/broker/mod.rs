@@ -324,7 +324,7 @@ impl Broker {
                 Ok(None) => {}
                 Err(error) => {
                     return Err(OpenError::DataDir {
-                        path: data_dir.join("__consumer_offsets-0"),
+                        path: group::offsets::offsets_dir(&data_dir),
                         error,
                     });
                 }

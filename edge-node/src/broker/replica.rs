@@ -126,6 +126,10 @@ impl Broker {
         me: u32,
     ) {
         let current = p.role();
+        if wanted != Some(me) && is_offsets_partition(p) {
+            // Only the leader of __consumer_offsets-0 coordinates groups.
+            self.groups.unload();
+        }
         match wanted {
             Some(leader) if leader == me => {
                 let same_epoch = matches!(&current, Role::Leader(l) if l.epoch == ps.leader_epoch);
@@ -189,9 +193,6 @@ impl Broker {
                 self.coordinate_groups_if_offsets(p, ps.leader_epoch);
             }
             Some(leader) => {
-                if is_offsets_partition(p) {
-                    self.groups.unload();
-                }
                 // The same leader and epoch with a fetcher running: nothing to
                 // do. Without a fetcher (no client for the leader last time),
                 // try again.
@@ -239,9 +240,6 @@ impl Broker {
                 );
             }
             None => {
-                if is_offsets_partition(p) {
-                    self.groups.unload();
-                }
                 if !matches!(current, Role::Offline { epoch } if epoch == ps.leader_epoch) {
                     p.set_fetcher(None);
                     p.with_role(|role| {

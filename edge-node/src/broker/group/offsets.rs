@@ -151,8 +151,12 @@ impl OffsetStore {
         data_dir: &Path,
         now_ms: i64,
     ) -> Result<OffsetStore, OffsetsError> {
-        let dir = data_dir.join(eddy_core::layout::partition_dir_name(OFFSETS_TOPIC, 0));
-        let log = PartitionLog::open(storage, &dir, offsets_log_config(), now_ms)?;
+        let log = PartitionLog::open(
+            storage,
+            &offsets_dir(data_dir),
+            offsets_log_config(),
+            now_ms,
+        )?;
         let map = OffsetMap::replay(&log)?;
         Ok(OffsetStore {
             log: SharedLog::new(log),
@@ -225,6 +229,12 @@ impl OffsetStore {
     }
 }
 
+/// The directory of `__consumer_offsets-0` under `data_dir`: a single node's
+/// offsets log, or a cluster node's replica of the topic.
+pub fn offsets_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join(eddy_core::layout::partition_dir_name(OFFSETS_TOPIC, 0))
+}
+
 /// The file that marks `__consumer_offsets-0` as a replica of the cluster's
 /// topic. Nodes of a cluster before the topic was replicated kept a log of
 /// their own in that directory; without the marker a cluster node moves it
@@ -251,14 +261,13 @@ pub fn set_aside_pre_cluster_log(
     data_dir: &Path,
     now_ms: i64,
 ) -> std::io::Result<Option<std::path::PathBuf>> {
-    let dir = data_dir.join(eddy_core::layout::partition_dir_name(OFFSETS_TOPIC, 0));
+    let dir = offsets_dir(data_dir);
     if !dir.is_dir() || dir.join(CLUSTER_REPLICA_MARKER).exists() {
         return Ok(None);
     }
-    let aside = data_dir.join(format!(
-        "{}.pre-cluster-{now_ms}",
-        eddy_core::layout::partition_dir_name(OFFSETS_TOPIC, 0)
-    ));
+    let mut aside = dir.clone().into_os_string();
+    aside.push(format!(".pre-cluster-{now_ms}"));
+    let aside = std::path::PathBuf::from(aside);
     std::fs::rename(&dir, &aside)?;
     std::fs::File::open(data_dir)?.sync_all()?;
     Ok(Some(aside))
