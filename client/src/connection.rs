@@ -366,6 +366,13 @@ impl ClientError {
                 | ClientError::Timeout { .. }
         )
     }
+
+    /// Whether the node could not serve the request at all: unreachable, or
+    /// just started and not yet caught up with its cluster
+    /// (`BrokerNotAvailable`). Another node may answer.
+    pub fn is_node_unavailable(&self) -> bool {
+        self.is_connection_error() || self.code() == Some(ErrorCode::BrokerNotAvailable)
+    }
 }
 
 /// A short name for an error code, for messages.
@@ -409,6 +416,7 @@ pub fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::ClusterAuthorizationFailed => "ClusterAuthorizationFailed",
         ErrorCode::CoordinatorNotAvailable => "CoordinatorNotAvailable",
         ErrorCode::NotCoordinator => "NotCoordinator",
+        ErrorCode::BrokerNotAvailable => "BrokerNotAvailable",
         // `ErrorCode` is non-exhaustive: codes added later still print their number.
         #[allow(unreachable_patterns)]
         _ => "Error",
@@ -1576,6 +1584,19 @@ mod tests {
         };
         assert!(lost.is_retriable());
         assert!(lost.is_connection_error());
+        assert!(lost.is_node_unavailable());
+        // A node catching up after its start: retriable, and another node
+        // may answer; a node's refusal is not a lost connection.
+        let starting = server(ErrorCode::BrokerNotAvailable);
+        assert!(starting.is_retriable());
+        assert!(starting.is_node_unavailable());
+        assert!(!starting.is_connection_error());
+        assert!(!server(ErrorCode::NotLeaderOrFollower).is_node_unavailable());
+        assert_eq!(
+            starting.to_string(),
+            "BrokerNotAvailable (error 8): m",
+            "Kafka's number for BROKER_NOT_AVAILABLE"
+        );
         let tls = ClientError::Connect {
             server: "s".into(),
             reason: "r".into(),

@@ -829,7 +829,7 @@ async fn fetch(
         Err(e) => Err(e),
     };
     if let Err(e) = &routed
-        && (e.is_connection_error()
+        && (e.is_node_unavailable()
             || matches!(
                 e.code(),
                 Some(

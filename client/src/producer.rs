@@ -1384,7 +1384,7 @@ async fn deliver(
             }
             Err(e) => e,
         };
-        if error.is_connection_error()
+        if error.is_node_unavailable()
             || matches!(
                 error.code(),
                 Some(

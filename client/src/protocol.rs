@@ -748,6 +748,10 @@ pub enum ErrorCode {
     /// 16: this node does not coordinate the group; find its coordinator
     /// again.
     NotCoordinator,
+    /// 8: this node of a cluster has just started and has not yet caught up
+    /// with the metadata quorum, so it serves no client request; retry, or
+    /// ask another node.
+    BrokerNotAvailable,
 }
 
 impl ErrorCode {
@@ -792,6 +796,7 @@ impl ErrorCode {
             ErrorCode::ClusterAuthorizationFailed => 31,
             ErrorCode::CoordinatorNotAvailable => 15,
             ErrorCode::NotCoordinator => 16,
+            ErrorCode::BrokerNotAvailable => 8,
         }
     }
 
@@ -813,6 +818,7 @@ impl ErrorCode {
                 | ErrorCode::PluginFailed
                 | ErrorCode::CoordinatorNotAvailable
                 | ErrorCode::NotCoordinator
+                | ErrorCode::BrokerNotAvailable
         )
     }
 }

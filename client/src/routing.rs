@@ -6,7 +6,8 @@
 //! node (made once per node, sharing the options). [`Client::forget_leader`]
 //! drops the cached leader after `NotLeaderOrFollower`, a lost connection or
 //! a fenced epoch, so the next attempt asks Metadata again. Metadata is asked
-//! of the bootstrap node first, then of every other node it listed, so the
+//! of the bootstrap node first, then of every other node it listed (when one
+//! is unreachable, or just started and answers `BrokerNotAvailable`), so the
 //! client survives the loss of its bootstrap node.
 //!
 //! A single node (Metadata lists one node) is always its own leader.
@@ -341,8 +342,9 @@ impl Client {
         match result {
             Err(ClientError::Server(body)) => match body.code {
                 ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable => true,
-                // A coordinator stopping (a rolling restart) hands over.
-                ErrorCode::ShuttingDown => several_nodes(),
+                // A coordinator stopping (a rolling restart) hands over; a
+                // node just started is not one yet.
+                ErrorCode::ShuttingDown | ErrorCode::BrokerNotAvailable => several_nodes(),
                 _ => false,
             },
             Err(e) => e.is_connection_error() && several_nodes(),
@@ -398,7 +400,7 @@ impl Client {
                 {
                     return Ok(c);
                 }
-                Err(e) if e.is_connection_error() || e.code() == Some(ErrorCode::ShuttingDown) => {
+                Err(e) if e.is_node_unavailable() || e.code() == Some(ErrorCode::ShuttingDown) => {
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -448,7 +450,7 @@ impl Client {
                     self.learn(&c, &metadata);
                     return Ok(());
                 }
-                Err(e) if e.is_connection_error() => last = Some(e),
+                Err(e) if e.is_node_unavailable() => last = Some(e),
                 Err(e) => return Err(e),
             }
         }

@@ -786,6 +786,15 @@ pub async fn dispatch(
     turn: Option<Turn>,
 ) -> (ResponseHeader, Vec<u8>) {
     let none = Vec::new;
+    if !request.is_node_only()
+        && let Some(cluster) = broker.cluster()
+        && !cluster.is_caught_up()
+    {
+        return (
+            ResponseHeader::Error(cluster.not_caught_up().into_body()),
+            none(),
+        );
+    }
     let result: Result<(Response, Vec<u8>), BrokerError> =
         match request {
             Request::Produce { topic, .. } if crate::broker::is_internal_topic(&topic) => {

@@ -572,8 +572,9 @@ impl TestCluster {
     /// Waits (bounded) until a controller is elected and `alive` nodes are
     /// alive in the metadata, as every running node sees it; panics with the
     /// nodes' logs otherwise. Asking one node is not enough: a node just
-    /// restarted answers from the metadata it had when it stopped (where it
-    /// was itself alive) until it hears from the controller.
+    /// restarted answers nothing until it has caught up with the controller,
+    /// and one resumed from SIGSTOP answers from the metadata it had when it
+    /// stopped (where it was itself alive) until it hears from the controller.
     pub fn wait_ready(&self, alive: usize) {
         let ok = wait_until(CLUSTER_READY_TIMEOUT, || {
             (0..self.nodes.len()).filter(|i| self.is_up(*i)).all(|i| {

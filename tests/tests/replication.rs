@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eddy_client::protocol::CommitOffset;
-use eddy_client::protocol::{Acks, ConfigChange, ErrorCode, NO_LEADER};
+use eddy_client::protocol::{
+    Acks, ConfigChange, ErrorCode, NO_LEADER, PROTOCOL_VERSION, Request, RequestHeader, Response,
+};
 use eddy_client::{
     Client, ClientOptions, Consumer, ConsumerConfig, JoinRequest, Producer, ProducerConfig,
     ProducerRecord,
 };
-use eddy_core::batch::BatchIter;
+use eddy_core::batch::{BatchBuilder, BatchIter, BatchOptions};
 use eddy_core::config::LogConfig;
 use eddy_core::log::PartitionLog;
 use eddy_core::storage::FsStorage;
@@ -558,6 +560,105 @@ fn unclean_election_off_keeps_the_partition_offline_on_turns_it_back() {
 }
 
 /// The index of the node `client` talks to.
+/// One `acks=1` record sent straight to `client`'s node (no routing):
+/// whether that node acknowledged it, and the error code if not.
+async fn produce_here(client: &Client, topic: &str, value: &str) -> Result<(), Option<ErrorCode>> {
+    let mut b = BatchBuilder::new(BatchOptions::default());
+    b.push(1_700_000_000_000, None, Some(value.as_bytes()), &[])
+        .expect("push");
+    let batch = b.build().expect("batch");
+    let header = RequestHeader {
+        version: PROTOCOL_VERSION,
+        request: Request::Produce {
+            topic: topic.to_owned(),
+            partition: Some(0),
+            acks: Acks::Leader,
+            timeout_ms: 1000,
+        },
+    };
+    match client.request(header, &batch).await {
+        Ok((Response::Produce { .. }, _)) => Ok(()),
+        Ok(_) => Err(None),
+        Err(e) => Err(e.code()),
+    }
+}
+
+#[test]
+fn a_restarted_node_takes_no_writes_before_it_has_caught_up_with_the_metadata() {
+    let dir = tmp();
+    let mut cluster = TestCluster::start(dir.path(), 3, FAST);
+    cluster.wait_ready(3);
+    let client = cluster.any_client();
+    create(&client, "t", 3, &[("min.insync.replicas", "1")]);
+    let old = wait_leader(&cluster, "t", None) as usize;
+    wait_isr(&cluster, "t", |isr| isr.len() == 3, "full ISR");
+    smol::block_on(client.close());
+
+    // The leader dies; the cluster fences it and elects another. Its own
+    // metadata still says it leads.
+    cluster.kill9(old);
+    let new = wait_leader(&cluster, "t", Some(old as u32)) as usize;
+    wait_isr(
+        &cluster,
+        "t",
+        |isr| !isr.contains(&(old as u32)),
+        "the dead leader out of the ISR",
+    );
+    let survivor = cluster.client(new);
+    let mut acked = Vec::new();
+    smol::block_on(async {
+        for i in 0..20 {
+            let value = format!("before{i:03}");
+            if produce_here(&survivor, "t", &value).await.is_ok() {
+                acked.push(value);
+            }
+        }
+    });
+    assert_eq!(
+        acked.len(),
+        20,
+        "the new leader takes writes:\n{}",
+        cluster.logs()
+    );
+
+    // Back, the old leader is asked at once, many times, to take writes
+    // for the partition it led: until it has caught up with the metadata
+    // it must refuse them (it no longer leads), or take them only once
+    // the cluster has made it leader again.
+    cluster.start_node(old);
+    let stale = cluster.client(old);
+    let mut refused: BTreeMap<String, u32> = BTreeMap::new();
+    smol::block_on(async {
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut i = 0u32;
+        while Instant::now() < until {
+            let value = format!("restart{i:04}");
+            i += 1;
+            match produce_here(&stale, "t", &value).await {
+                Ok(()) => acked.push(value),
+                Err(code) => *refused.entry(format!("{code:?}")).or_default() += 1,
+            }
+            smol::Timer::after(Duration::from_millis(5)).await;
+        }
+    });
+    println!(
+        "restarted node {old}: {} write(s) acknowledged, refused: {refused:?}",
+        acked.len() - 20
+    );
+    wait_isr(
+        &cluster,
+        "t",
+        |isr| isr.len() == 3,
+        "the restarted node back in the ISR",
+    );
+    let read = smol::block_on(read_all(&survivor, "t"));
+    assert_acked_once_in_order(&acked, &values(&read), "after the old leader restarted");
+    smol::block_on(async {
+        stale.close().await;
+        survivor.close().await;
+    });
+}
+
 fn node_of(cluster: &TestCluster, client: &Client) -> usize {
     let server = &client.options().server;
     (0..cluster.nodes.len())

@@ -793,8 +793,12 @@ async fn reconcile_loop(broker: std::sync::Weak<Broker>) {
             return;
         };
         let listener = cluster.changed().listen();
-        let state = cluster.state();
-        b.reconcile(&cluster, &state).await;
+        // A node just started takes no role from metadata that may be stale:
+        // it waits until it has caught up (which notifies `changed`).
+        if cluster.is_caught_up() {
+            let state = cluster.state();
+            b.reconcile(&cluster, &state).await;
+        }
         drop(b);
         // Also on a timer, so a failed open is retried.
         async {

@@ -15,6 +15,14 @@
 //!   peer has one sender task that sends its messages in order, one request
 //!   at a time (so they arrive in order), and reports an unreachable peer to
 //!   raft.
+//! - catching up: a node starts from the metadata it had applied when it
+//!   stopped, which may be long out of date (it may say the node leads
+//!   partitions the cluster has moved away meanwhile). Like a Kafka broker
+//!   that stays fenced until it has replayed the metadata log to where it
+//!   stood at registration, it serves no client request
+//!   (`BrokerNotAvailable`) and takes no partition role until it has applied
+//!   the leader's commit index as of after its start, which it learns with a
+//!   Raft ReadIndex request ([`Cluster::is_caught_up`]).
 //! - heartbeats: every node tells every peer it is alive every
 //!   `broker-heartbeat-interval-ms`; the controller (the Raft leader) fences
 //!   a node silent for `broker-session-timeout-ms` and unfences it when it
@@ -75,6 +83,14 @@ const PEER_REQUEST_TIMEOUT_MS: u32 = 2000;
 const CONTROLLER_PERIOD_MS: u64 = 100;
 /// Least time between two proposals about the same node.
 const REPROPOSE_MS: u64 = 1000;
+/// How often a node that has not caught up asks the Raft leader for its
+/// commit index (a ReadIndex request can be dropped: a leader that has not
+/// committed in its term yet, a lost message).
+const CATCH_UP_ASK_MS: u64 = 300;
+/// How often a node still catching up says so in its log.
+const CATCH_UP_WARN_MS: u64 = 5000;
+/// The context of this node's ReadIndex requests.
+const CATCH_UP_CONTEXT: &[u8] = b"catch-up";
 
 /// A proposal as it travels through the log: who proposed it, so that node
 /// can answer its caller.
@@ -174,6 +190,9 @@ pub struct Cluster {
     changed: Event,
     /// Raft leader's node id + 1, 0 when unknown.
     leader: AtomicU64,
+    /// Whether the applied metadata has reached the leader's commit index as
+    /// of after this start (see the module docs).
+    caught_up: AtomicBool,
     inbox: async_channel::Sender<Input>,
     pending: Mutex<HashMap<u64, Pending>>,
     seq: AtomicU64,
@@ -311,6 +330,7 @@ impl Cluster {
             state: RwLock::new(Arc::new(initial)),
             changed: Event::new(),
             leader: AtomicU64::new(0),
+            caught_up: AtomicBool::new(false),
             inbox,
             pending: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(1),
@@ -387,6 +407,31 @@ impl Cluster {
     /// Notified whenever the applied state changes.
     pub fn changed(&self) -> &Event {
         &self.changed
+    }
+
+    /// Whether this node has caught up with the metadata quorum since it
+    /// started: until then its metadata may be stale, so it serves no client
+    /// request and takes no partition role.
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// The answer to a client request while this node catches up.
+    pub fn not_caught_up(&self) -> BrokerError {
+        let controller = match self.controller() {
+            Some(id) => format!("from controller node {id}"),
+            None => "no controller is reachable yet: is a majority of \
+                     controller-quorum-voters up?"
+                .to_owned(),
+        };
+        BrokerError::new(
+            ErrorCode::BrokerNotAvailable,
+            format!(
+                "node {} has just started and is catching up with the cluster's metadata \
+                 ({controller}); retry in a moment, or ask another node",
+                self.settings.node_id
+            ),
+        )
     }
 
     /// The controller (the Raft leader), if known.
@@ -676,6 +721,7 @@ async fn raft_loop(
     let tick = Duration::from_millis(TICK_MS);
     let mut next_tick = Instant::now() + tick;
     let mut proposals: HashMap<u64, ()> = HashMap::new();
+    let mut catch_up = CatchUp::new();
     loop {
         let input = async { inputs.recv().await.ok() }
             .or(async {
@@ -713,10 +759,13 @@ async fn raft_loop(
         }
         let leader = node.raft.leader_id;
         c.leader.store(leader, Ordering::Release);
+        if !c.is_caught_up() {
+            catch_up.ask(&mut node);
+        }
         if !node.has_ready() {
             continue;
         }
-        if let Err(e) = handle_ready(&c, &mut node, &storage, &mut applied) {
+        if let Err(e) = handle_ready(&c, &mut node, &storage, &mut applied, &mut catch_up) {
             // The quorum cannot go on without its disk; the node keeps
             // serving what it has and the other voters carry on.
             error!("metadata quorum stopped: {e}");
@@ -726,13 +775,89 @@ async fn raft_loop(
     }
 }
 
+/// A starting node's way to the metadata quorum's present (see the module
+/// docs): it asks the Raft leader for its commit index, and has caught up
+/// once it has applied that far.
+struct CatchUp {
+    started: Instant,
+    asked: Option<Instant>,
+    warned: Instant,
+    /// The largest commit index a leader answered.
+    target: Option<u64>,
+}
+
+impl CatchUp {
+    fn new() -> CatchUp {
+        let now = Instant::now();
+        CatchUp {
+            started: now,
+            asked: None,
+            warned: now,
+            target: None,
+        }
+    }
+
+    /// Asks the leader, if one is known, at most every [`CATCH_UP_ASK_MS`].
+    fn ask(&mut self, node: &mut RawNode<DiskStorage>) {
+        let now = Instant::now();
+        if now.saturating_duration_since(self.warned) >= Duration::from_millis(CATCH_UP_WARN_MS) {
+            self.warned = now;
+            warn!(
+                "still catching up with the metadata quorum after {} ms ({}); serving no \
+                 client request until then",
+                self.started.elapsed().as_millis(),
+                if node.raft.leader_id == raft::INVALID_ID {
+                    "no controller known: is a majority of controller-quorum-voters up?"
+                } else {
+                    "waiting for the controller's answer"
+                }
+            );
+        }
+        if self.target.is_some() || node.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        if self.asked.is_some_and(|at| {
+            now.saturating_duration_since(at) < Duration::from_millis(CATCH_UP_ASK_MS)
+        }) {
+            return;
+        }
+        self.asked = Some(now);
+        node.read_index(CATCH_UP_CONTEXT.to_vec());
+    }
+
+    /// Takes the leader's answers from `ready`.
+    fn answers(&mut self, ready: &mut raft::Ready) {
+        for state in ready.take_read_states() {
+            if state.request_ctx == CATCH_UP_CONTEXT {
+                self.target = Some(self.target.map_or(state.index, |t| t.max(state.index)));
+            }
+        }
+    }
+
+    /// Marks the node caught up once it has applied up to the answer.
+    fn check(&self, c: &Cluster, applied: u64) {
+        if c.is_caught_up() || self.target.is_none_or(|t| applied < t) {
+            return;
+        }
+        c.caught_up.store(true, Ordering::Release);
+        info!(
+            "caught up with the metadata quorum (index {applied}) {} ms after start; serving \
+             clients",
+            self.started.elapsed().as_millis()
+        );
+        c.changed.notify(usize::MAX);
+    }
+}
+
 fn handle_ready(
     c: &Cluster,
     node: &mut RawNode<DiskStorage>,
     storage: &DiskStorage,
     applied: &mut u64,
+    catch_up: &mut CatchUp,
 ) -> std::io::Result<()> {
     let mut ready = node.ready();
+    catch_up.answers(&mut ready);
     send_messages(c, ready.take_messages());
     if !ready.snapshot().is_empty() {
         let snapshot = ready.snapshot().clone();
@@ -758,6 +883,7 @@ fn handle_ready(
     send_messages(c, light.take_messages());
     apply_entries(c, light.take_committed_entries(), applied);
     node.advance_apply();
+    catch_up.check(c, *applied);
     if storage.entry_count() > SNAPSHOT_ENTRIES {
         let state = c.state();
         match postcard::to_allocvec(&*state) {
@@ -906,7 +1032,8 @@ async fn controller_loop(cluster: Weak<Cluster>) {
             return;
         }
         let me = c.settings.node_id;
-        if c.controller() != Some(me) {
+        // A controller just started acts once its metadata is current.
+        if c.controller() != Some(me) || !c.is_caught_up() {
             controller_since = None;
             continue;
         }
