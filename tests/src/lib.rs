@@ -404,6 +404,44 @@ pub fn free_udp_ports(count: usize) -> Vec<u16> {
         .collect()
 }
 
+/// One `acks=1` produce request of one batch holding `records` (key,
+/// value), sent as is to `client`'s own node: no partitioner of the
+/// client's, no leader lookup, no retry. `partition` `None` lets the node's
+/// partitioner choose.
+pub async fn raw_produce(
+    client: &eddy_client::Client,
+    topic: &str,
+    partition: Option<u32>,
+    records: &[(Option<&str>, &str)],
+    compression: eddy_core::batch::Compression,
+) -> Result<eddy_client::protocol::Response, eddy_client::ClientError> {
+    use eddy_client::protocol::{Acks, PROTOCOL_VERSION, Request, RequestHeader};
+    let mut b = eddy_core::batch::BatchBuilder::new(eddy_core::batch::BatchOptions {
+        compression,
+        ..eddy_core::batch::BatchOptions::default()
+    });
+    for (key, value) in records {
+        b.push(
+            1_700_000_000_000,
+            key.map(str::as_bytes),
+            Some(value.as_bytes()),
+            &[],
+        )
+        .expect("push a record");
+    }
+    let batch = b.build().expect("build the batch");
+    let header = RequestHeader {
+        version: PROTOCOL_VERSION,
+        request: Request::Produce {
+            topic: topic.to_owned(),
+            partition,
+            acks: Acks::Leader,
+            timeout_ms: 0,
+        },
+    };
+    client.request(header, &batch).await.map(|(r, _)| r)
+}
+
 /// How long a cluster may take to elect a controller and see every node.
 pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(60);
 

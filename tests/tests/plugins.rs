@@ -5,14 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use eddy_client::protocol::{
-    Acks, ConfigChange, ErrorCode, PROTOCOL_VERSION, PluginInfo, Request, RequestHeader, Response,
-};
+use eddy_client::protocol::{Acks, ConfigChange, ErrorCode, PluginInfo, Response};
 use eddy_client::{
     Client, ClientError, Compression, Consumer, ConsumerConfig, ConsumerRecord, ProduceError,
     Producer, ProducerConfig, ProducerRecord, partition_for_key,
 };
-use eddy_core::batch::{BatchBuilder, BatchOptions};
 use eddy_tests::{Node, plugin_wasm};
 
 /// Flags for nodes whose plugins behave: a generous call timeout, so a
@@ -96,37 +93,22 @@ fn text(v: &Option<Vec<u8>>) -> String {
     String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned()
 }
 
-/// One produce request with the given (key, value) records, sent as is.
+/// One produce request with the given (key, value) records in an LZ4
+/// batch, sent as is.
 async fn raw_produce(
     client: &Client,
     topic: &str,
     partition: Option<u32>,
     records: &[(Option<&str>, &str)],
 ) -> Result<Response, ClientError> {
-    let mut b = BatchBuilder::new(BatchOptions {
-        compression: eddy_core::batch::Compression::Lz4,
-        ..BatchOptions::default()
-    });
-    for (key, value) in records {
-        b.push(
-            1_700_000_000_000,
-            key.map(str::as_bytes),
-            Some(value.as_bytes()),
-            &[],
-        )
-        .expect("push");
-    }
-    let batch = b.build().expect("batch");
-    let header = RequestHeader {
-        version: PROTOCOL_VERSION,
-        request: Request::Produce {
-            topic: topic.to_owned(),
-            partition,
-            acks: Acks::Leader,
-            timeout_ms: 0,
-        },
-    };
-    client.request(header, &batch).await.map(|(r, _)| r)
+    eddy_tests::raw_produce(
+        client,
+        topic,
+        partition,
+        records,
+        eddy_core::batch::Compression::Lz4,
+    )
+    .await
 }
 
 async fn plugin(client: &Client, name: &str) -> PluginInfo {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use eddy_client::protocol::{Acks, ErrorCode, PROTOCOL_VERSION, Request, RequestHeader, Response};
+use eddy_client::protocol::{ErrorCode, Response};
 use eddy_client::{Client, ClientError, Consumer, ConsumerConfig, ConsumerRecord};
-use eddy_core::batch::{BatchBuilder, BatchOptions};
+use eddy_core::batch::Compression;
 use eddy_tests::{Node, plugin_wasm};
 
 /// Generous call timeout and no disabling: every case below may fail its
@@ -56,20 +56,7 @@ async fn install(client: &Client, name: &str, config: &[(&str, &str)]) {
 
 /// One produce request with one record, sent as is.
 async fn produce_one(client: &Client, topic: &str, value: &str) -> Result<Response, ClientError> {
-    let mut b = BatchBuilder::new(BatchOptions::default());
-    b.push(1_700_000_000_000, None, Some(value.as_bytes()), &[])
-        .expect("push");
-    let batch = b.build().expect("batch");
-    let header = RequestHeader {
-        version: PROTOCOL_VERSION,
-        request: Request::Produce {
-            topic: topic.to_owned(),
-            partition: Some(0),
-            acks: Acks::Leader,
-            timeout_ms: 0,
-        },
-    };
-    client.request(header, &batch).await.map(|(r, _)| r)
+    eddy_tests::raw_produce(client, topic, Some(0), &[(None, value)], Compression::None).await
 }
 
 /// The records of partition 0 of `topic`, at least `want` (or until quiet).

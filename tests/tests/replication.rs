@@ -8,14 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eddy_client::protocol::CommitOffset;
-use eddy_client::protocol::{
-    Acks, ConfigChange, ErrorCode, NO_LEADER, PROTOCOL_VERSION, Request, RequestHeader, Response,
-};
+use eddy_client::protocol::{Acks, ConfigChange, ErrorCode, NO_LEADER, Response};
 use eddy_client::{
     Client, ClientOptions, Consumer, ConsumerConfig, JoinRequest, Producer, ProducerConfig,
     ProducerRecord,
 };
-use eddy_core::batch::{BatchBuilder, BatchIter, BatchOptions};
+use eddy_core::batch::{BatchIter, Compression};
 use eddy_core::config::LogConfig;
 use eddy_core::log::PartitionLog;
 use eddy_core::storage::FsStorage;
@@ -563,21 +561,9 @@ fn unclean_election_off_keeps_the_partition_offline_on_turns_it_back() {
 /// One `acks=1` record sent straight to `client`'s node (no routing):
 /// whether that node acknowledged it, and the error code if not.
 async fn produce_here(client: &Client, topic: &str, value: &str) -> Result<(), Option<ErrorCode>> {
-    let mut b = BatchBuilder::new(BatchOptions::default());
-    b.push(1_700_000_000_000, None, Some(value.as_bytes()), &[])
-        .expect("push");
-    let batch = b.build().expect("batch");
-    let header = RequestHeader {
-        version: PROTOCOL_VERSION,
-        request: Request::Produce {
-            topic: topic.to_owned(),
-            partition: Some(0),
-            acks: Acks::Leader,
-            timeout_ms: 1000,
-        },
-    };
-    match client.request(header, &batch).await {
-        Ok((Response::Produce { .. }, _)) => Ok(()),
+    match eddy_tests::raw_produce(client, topic, Some(0), &[(None, value)], Compression::None).await
+    {
+        Ok(Response::Produce { .. }) => Ok(()),
         Ok(_) => Err(None),
         Err(e) => Err(e.code()),
     }
