@@ -17,7 +17,7 @@ use eddy_core::batch::{BatchIter, Compression};
 use eddy_core::config::LogConfig;
 use eddy_core::log::PartitionLog;
 use eddy_core::storage::FsStorage;
-use eddy_tests::{TestCluster, process_cpu_time, wait_until};
+use eddy_tests::{TestCluster, eddy_bin, process_cpu_time, wait_until};
 
 /// Most time any wait below takes.
 const WAIT: Duration = Duration::from_secs(60);
@@ -612,6 +612,18 @@ fn a_restarted_node_takes_no_writes_before_it_has_caught_up_with_the_metadata() 
     // it must refuse them (it no longer leads), or take them only once
     // the cluster has made it leader again.
     cluster.start_node(old);
+    // Meanwhile an `eddy` command asks it too: it waits until the node
+    // serves clients, then answers.
+    let cli = std::process::Command::new(eddy_bin())
+        .args(["cluster", "status", "--server"])
+        .arg(cluster.addr(old).to_string())
+        .arg("--ca")
+        .arg(cluster.ca_file())
+        .args(["--server-name", "127.0.0.1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run eddy cluster status");
     let stale = cluster.client(old);
     let mut refused: BTreeMap<String, u32> = BTreeMap::new();
     smol::block_on(async {
@@ -630,6 +642,16 @@ fn a_restarted_node_takes_no_writes_before_it_has_caught_up_with_the_metadata() 
     println!(
         "restarted node {old}: {} write(s) acknowledged, refused: {refused:?}",
         acked.len() - 20
+    );
+    // The command exits by itself: it waits at most 30 s, then reports the
+    // refusal.
+    let status = cli.wait_with_output().expect("eddy cluster status");
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && stdout.contains("yes"),
+        "`eddy cluster status` at the restarted node names the controller once it has \
+         caught up:\n{stdout}\n{}",
+        String::from_utf8_lossy(&status.stderr)
     );
     wait_isr(
         &cluster,

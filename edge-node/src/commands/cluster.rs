@@ -100,10 +100,10 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<()> {
             );
             if controller.is_none() {
                 eprintln!(
-                    "this node knows no controller: either a majority of \
-                     controller-quorum-voters is down, or the node has just started and not \
-                     yet heard from the controller (the states above are then what it knew \
-                     before); retry in a few seconds, or ask another node with --server"
+                    "this node knows no controller: a majority of controller-quorum-voters \
+                     is down or out of its reach, or an election is under way (the states \
+                     above are what it last knew); retry in a few seconds, or ask another \
+                     node with --server"
                 );
             }
             client.close().await;

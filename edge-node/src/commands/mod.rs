@@ -25,6 +25,11 @@ use eddy_client::{Client, ClientError, ClientOptions};
 
 /// The CLI gives up dialling sooner than the library default: a person is waiting.
 const CLI_CONNECT_TIMEOUT_MS: u32 = 5000;
+/// How long the CLI waits for a node of a cluster that has just started to
+/// catch up with the cluster (it answers `BrokerNotAvailable` until then).
+const CLI_CATCH_UP_WAIT_MS: u64 = 30_000;
+/// Pause between two questions to such a node.
+const CLI_CATCH_UP_POLL_MS: u64 = 200;
 
 /// Where the node is and how to trust it; shared by every client subcommand.
 #[derive(Debug, Clone, Args)]
@@ -54,12 +59,48 @@ impl ConnectArgs {
     }
 
     /// A client for these flags, connected (so that a wrong address or CA is
-    /// reported before any work starts).
+    /// reported before any work starts) to a node that serves clients: a node
+    /// of a cluster that has just started is waited for (with a spinner, at
+    /// most [`CLI_CATCH_UP_WAIT_MS`]) until it has caught up with the cluster.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let client = Client::new(self.options()).map_err(explain)?;
         client.connect().await.map_err(explain)?;
+        wait_until_serving(&client).await?;
         Ok(client)
     }
+}
+
+/// Waits while `client`'s node answers `BrokerNotAvailable` (a cluster node
+/// catching up after its start). Other answers, errors included, are left to
+/// the command to meet and report.
+async fn wait_until_serving(client: &Client) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut spinner = None;
+    let result = loop {
+        // Metadata without topics: the cheapest request every node serves.
+        match client.metadata(Some(Vec::new())).await {
+            Err(e) if e.code() == Some(ErrorCode::BrokerNotAvailable) => {
+                if started.elapsed() >= std::time::Duration::from_millis(CLI_CATCH_UP_WAIT_MS) {
+                    break Err(explain(e));
+                }
+                spinner.get_or_insert_with(|| {
+                    let s = indicatif::ProgressBar::new_spinner();
+                    s.set_message(format!(
+                        "{} is catching up with its cluster",
+                        client.options().server
+                    ));
+                    s.enable_steady_tick(std::time::Duration::from_millis(100));
+                    s
+                });
+                smol::Timer::after(std::time::Duration::from_millis(CLI_CATCH_UP_POLL_MS)).await;
+            }
+            _ => break Ok(()),
+        }
+    };
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    result
 }
 
 /// Turns a client error into a message that says what to do next.
