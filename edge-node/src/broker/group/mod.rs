@@ -475,6 +475,17 @@ impl Broker {
             )
             .await;
         result.map(|r| r.appended.base_offset).map_err(|e| {
+            if e.code == ErrorCode::MessageTooLarge {
+                // Not worth a retry: the same commit is as large next time.
+                return BrokerError::new(
+                    e.code,
+                    format!(
+                        "the commit does not fit in one {OFFSETS_TOPIC} batch ({}); commit \
+                         fewer partitions at a time, or with shorter metadata",
+                        e.message
+                    ),
+                );
+            }
             let code = match e.code {
                 ErrorCode::NotLeaderOrFollower
                 | ErrorCode::FencedLeaderEpoch
