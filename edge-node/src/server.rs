@@ -786,14 +786,11 @@ pub async fn dispatch(
     turn: Option<Turn>,
 ) -> (ResponseHeader, Vec<u8>) {
     let none = Vec::new;
+    // A node of a cluster serves clients once it has caught up with it.
     if !request.is_node_only()
-        && let Some(cluster) = broker.cluster()
-        && !cluster.is_caught_up()
+        && let Err(e) = broker.check_serving_clients()
     {
-        return (
-            ResponseHeader::Error(cluster.not_caught_up().into_body()),
-            none(),
-        );
+        return (ResponseHeader::Error(e.into_body()), none());
     }
     let result: Result<(Response, Vec<u8>), BrokerError> =
         match request {

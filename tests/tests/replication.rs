@@ -557,7 +557,6 @@ fn unclean_election_off_keeps_the_partition_offline_on_turns_it_back() {
     );
 }
 
-/// The index of the node `client` talks to.
 /// One `acks=1` record sent straight to `client`'s node (no routing):
 /// whether that node acknowledged it, and the error code if not.
 async fn produce_here(client: &Client, topic: &str, value: &str) -> Result<(), Option<ErrorCode>> {
@@ -667,6 +666,7 @@ fn a_restarted_node_takes_no_writes_before_it_has_caught_up_with_the_metadata() 
     });
 }
 
+/// The index of the node `client` talks to.
 fn node_of(cluster: &TestCluster, client: &Client) -> usize {
     let server = &client.options().server;
     (0..cluster.nodes.len())

@@ -234,7 +234,10 @@ pub struct Broker {
     maintenance: Mutex<Option<Task<()>>>,
     /// Consumer groups and committed offsets.
     groups: group::Groups,
-    /// The cluster, when `controller-quorum-voters` is set.
+    /// Whether `controller-quorum-voters` is set: the node belongs to a
+    /// cluster, even before [`Broker::attach_cluster`].
+    clustered: bool,
+    /// The cluster, once attached.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// The reconciler and ISR tasks of a clustered node.
     cluster_tasks: Mutex<Vec<Task<()>>>,
@@ -360,6 +363,7 @@ impl Broker {
             advertised: RwLock::new(config.listen.to_string()),
             maintenance: Mutex::new(None),
             groups,
+            clustered: config.is_clustered(),
             cluster: std::sync::OnceLock::new(),
             cluster_tasks: Mutex::new(Vec::new()),
             plugins,

@@ -76,9 +76,43 @@ impl Broker {
         super::lock(&self.cluster_tasks).extend(tasks);
     }
 
-    /// The cluster, when this node is part of one.
+    /// The cluster, when this node is part of one (once attached).
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.get()
+    }
+
+    /// Whether this node belongs to a cluster (even before it has attached
+    /// it).
+    pub fn is_clustered(&self) -> bool {
+        self.clustered
+    }
+
+    /// Whether this node serves client requests: a single node always; a
+    /// node of a cluster once it has joined the cluster and caught up with
+    /// the metadata quorum (see [`crate::cluster`]), `BrokerNotAvailable`
+    /// until then.
+    pub fn check_serving_clients(&self) -> Result<(), BrokerError> {
+        if !self.clustered {
+            return Ok(());
+        }
+        match self.cluster() {
+            Some(c) if c.is_caught_up() => Ok(()),
+            Some(c) => Err(c.not_caught_up()),
+            None => Err(self.joining()),
+        }
+    }
+
+    /// The answer of a node of a cluster that has not joined it yet (it
+    /// listens before its Raft storage is open).
+    pub(crate) fn joining(&self) -> BrokerError {
+        BrokerError::new(
+            ErrorCode::BrokerNotAvailable,
+            format!(
+                "node {} is starting and joining its cluster; retry in a moment, or ask another \
+                 node",
+                self.node_id
+            ),
+        )
     }
 
     /// Makes the open topics and partition roles match the metadata.

@@ -20,9 +20,12 @@
 //!   partitions the cluster has moved away meanwhile). Like a Kafka broker
 //!   that stays fenced until it has replayed the metadata log to where it
 //!   stood at registration, it serves no client request
-//!   (`BrokerNotAvailable`) and takes no partition role until it has applied
-//!   the leader's commit index as of after its start, which it learns with a
-//!   Raft ReadIndex request ([`Cluster::is_caught_up`]).
+//!   (`BrokerNotAvailable`, also while it listens before this cluster side
+//!   has started), takes no partition role and sends no heartbeat (so the
+//!   controller keeps it fenced) until it has applied the leader's commit
+//!   index as of after its start, which it learns with a Raft ReadIndex
+//!   request ([`Cluster::is_caught_up`]). If the quorum's storage fails
+//!   later, the node goes back to that state for good.
 //! - heartbeats: every node tells every peer it is alive every
 //!   `broker-heartbeat-interval-ms`; the controller (the Raft leader) fences
 //!   a node silent for `broker-session-timeout-ms` and unfences it when it
@@ -89,7 +92,10 @@ const REPROPOSE_MS: u64 = 1000;
 const CATCH_UP_ASK_MS: u64 = 300;
 /// How often a node still catching up says so in its log.
 const CATCH_UP_WARN_MS: u64 = 5000;
-/// The context of this node's ReadIndex requests.
+/// How this node's ReadIndex requests' contexts start; the node id, a
+/// value of this start and a counter follow, so that no two requests share a
+/// context (raft-rs keys pending reads by it) and an answer meant for an
+/// earlier start is not taken.
 const CATCH_UP_CONTEXT: &[u8] = b"catch-up";
 
 /// A proposal as it travels through the log: who proposed it, so that node
@@ -608,7 +614,11 @@ impl Cluster {
     }
 }
 
-fn not_clustered(what: &str) -> BrokerError {
+fn not_clustered(broker: &Broker, what: &str) -> BrokerError {
+    if broker.is_clustered() {
+        // Listening already, the cluster not attached yet.
+        return broker.joining();
+    }
     BrokerError::new(
         ErrorCode::InvalidRequest,
         format!("{what}: this node is not part of a cluster (no controller-quorum-voters)"),
@@ -626,12 +636,12 @@ pub async fn dispatch(
     let cluster = broker.cluster();
     match request {
         Request::Raft { .. } => {
-            let c = cluster.ok_or_else(|| not_clustered("Raft"))?;
+            let c = cluster.ok_or_else(|| not_clustered(broker, "Raft"))?;
             c.receive_raft(&payload)?;
             Ok((Response::Raft, Vec::new()))
         }
         Request::BrokerHeartbeat { node_id } => {
-            let c = cluster.ok_or_else(|| not_clustered("BrokerHeartbeat"))?;
+            let c = cluster.ok_or_else(|| not_clustered(broker, "BrokerHeartbeat"))?;
             c.heartbeat(node_id);
             Ok((Response::BrokerHeartbeat, Vec::new()))
         }
@@ -644,7 +654,7 @@ pub async fn dispatch(
             max_bytes,
             max_wait_ms,
         } => {
-            cluster.ok_or_else(|| not_clustered("ReplicaFetch"))?;
+            cluster.ok_or_else(|| not_clustered(broker, "ReplicaFetch"))?;
             broker
                 .replica_fetch(
                     &topic,
@@ -663,7 +673,7 @@ pub async fn dispatch(
             current_leader_epoch,
             epoch,
         } => {
-            cluster.ok_or_else(|| not_clustered("OffsetForLeaderEpoch"))?;
+            cluster.ok_or_else(|| not_clustered(broker, "OffsetForLeaderEpoch"))?;
             broker
                 .offset_for_leader_epoch(&topic, partition, current_leader_epoch, epoch)
                 .map(|r| (r, Vec::new()))
@@ -721,7 +731,7 @@ async fn raft_loop(
     let tick = Duration::from_millis(TICK_MS);
     let mut next_tick = Instant::now() + tick;
     let mut proposals: HashMap<u64, ()> = HashMap::new();
-    let mut catch_up = CatchUp::new();
+    let mut catch_up = CatchUp::new(node.raft.id);
     loop {
         let input = async { inputs.recv().await.ok() }
             .or(async {
@@ -766,9 +776,15 @@ async fn raft_loop(
             continue;
         }
         if let Err(e) = handle_ready(&c, &mut node, &storage, &mut applied, &mut catch_up) {
-            // The quorum cannot go on without its disk; the node keeps
-            // serving what it has and the other voters carry on.
-            error!("metadata quorum stopped: {e}");
+            // The quorum cannot go on without its disk. This node can no
+            // longer follow the metadata, so it stops serving clients and
+            // heartbeating: the controller fences it and moves its
+            // leaderships away; the other voters carry on.
+            c.caught_up.store(false, Ordering::Release);
+            error!(
+                "metadata quorum stopped: {e}; this node serves no client request and is fenced \
+                 until it is restarted with a working disk"
+            );
             return;
         }
         proposals.clear();
@@ -780,6 +796,10 @@ async fn raft_loop(
 /// once it has applied that far.
 struct CatchUp {
     started: Instant,
+    /// [`CATCH_UP_CONTEXT`], the Raft id and a value of this start.
+    context: Vec<u8>,
+    /// Requests sent.
+    sent: u64,
     asked: Option<Instant>,
     warned: Instant,
     /// The largest commit index a leader answered.
@@ -787,10 +807,21 @@ struct CatchUp {
 }
 
 impl CatchUp {
-    fn new() -> CatchUp {
+    fn new(raft_id: u64) -> CatchUp {
         let now = Instant::now();
+        // Wall-clock nanoseconds and the process id: a value no earlier
+        // start of this node had.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut context = CATCH_UP_CONTEXT.to_vec();
+        context.extend_from_slice(&raft_id.to_be_bytes());
+        context.extend_from_slice(&nanos.to_be_bytes());
+        context.extend_from_slice(&std::process::id().to_be_bytes());
         CatchUp {
             started: now,
+            context,
+            sent: 0,
             asked: None,
             warned: now,
             target: None,
@@ -822,13 +853,16 @@ impl CatchUp {
             return;
         }
         self.asked = Some(now);
-        node.read_index(CATCH_UP_CONTEXT.to_vec());
+        self.sent += 1;
+        let mut context = self.context.clone();
+        context.extend_from_slice(&self.sent.to_be_bytes());
+        node.read_index(context);
     }
 
     /// Takes the leader's answers from `ready`.
     fn answers(&mut self, ready: &mut raft::Ready) {
         for state in ready.take_read_states() {
-            if state.request_ctx == CATCH_UP_CONTEXT {
+            if state.request_ctx.starts_with(&self.context) {
                 self.target = Some(self.target.map_or(state.index, |t| t.max(state.index)));
             }
         }
@@ -983,7 +1017,10 @@ async fn send_loop(
     }
 }
 
-/// Tells every peer this node is alive.
+/// Tells every peer this node is alive, once it has caught up with the
+/// metadata quorum (like a Kafka broker that asks to be unfenced only then):
+/// before, the controller keeps it fenced, so elections do not make it
+/// leader while it still serves nobody.
 async fn heartbeat_loop(cluster: Weak<Cluster>) {
     let Some(c) = cluster.upgrade() else { return };
     let period = Duration::from_millis(c.settings.heartbeat_interval_ms);
@@ -994,9 +1031,14 @@ async fn heartbeat_loop(cluster: Weak<Cluster>) {
     let beats: Vec<_> = peers
         .into_iter()
         .map(|peer| {
+            let cluster = cluster.clone();
             rt.spawn(async move {
                 let mut failing = FailureRun::default();
                 loop {
+                    if !cluster.upgrade().is_some_and(|c| c.is_caught_up()) {
+                        smol::Timer::after(period).await;
+                        continue;
+                    }
                     let header = RequestHeader {
                         version: PROTOCOL_VERSION,
                         request: Request::BrokerHeartbeat { node_id: me },
