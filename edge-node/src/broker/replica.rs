@@ -96,8 +96,8 @@ impl Broker {
             return Ok(());
         }
         match self.cluster() {
-            Some(c) if c.is_caught_up() => Ok(()),
-            Some(c) => Err(c.not_caught_up()),
+            Some(c) if c.is_serving() => Ok(()),
+            Some(c) => Err(c.not_serving()),
             None => Err(self.joining()),
         }
     }

@@ -19,13 +19,14 @@
 //!   stopped, which may be long out of date (it may say the node leads
 //!   partitions the cluster has moved away meanwhile). Like a Kafka broker
 //!   that stays fenced until it has replayed the metadata log to where it
-//!   stood at registration, it serves no client request
-//!   (`BrokerNotAvailable`, also while it listens before this cluster side
-//!   has started), takes no partition role and sends no heartbeat (so the
-//!   controller keeps it fenced) until it has applied the leader's commit
-//!   index as of after its start, which it learns with a Raft ReadIndex
-//!   request ([`Cluster::is_caught_up`]). If the quorum's storage fails
-//!   later, the node goes back to that state for good.
+//!   stood at registration, it takes no partition role and sends no
+//!   heartbeat (so the controller keeps it fenced) until it has applied the
+//!   leader's commit index as of after its start, which it learns with a
+//!   Raft ReadIndex request ([`Cluster::is_caught_up`]); and it serves no
+//!   client request (`BrokerNotAvailable`, also while it listens before this
+//!   cluster side has started) until, caught up, it is also unfenced
+//!   ([`Cluster::is_serving`]). If the quorum's storage fails later, the node
+//!   goes back to that state for good.
 //! - heartbeats: every node tells every peer it is alive every
 //!   `broker-heartbeat-interval-ms`; the controller (the Raft leader) fences
 //!   a node silent for `broker-session-timeout-ms` and unfences it when it
@@ -199,6 +200,9 @@ pub struct Cluster {
     /// Whether the applied metadata has reached the leader's commit index as
     /// of after this start (see the module docs).
     caught_up: AtomicBool,
+    /// Whether this node serves clients: caught up, and unfenced by the
+    /// controller since.
+    serving: AtomicBool,
     inbox: async_channel::Sender<Input>,
     pending: Mutex<HashMap<u64, Pending>>,
     seq: AtomicU64,
@@ -337,6 +341,7 @@ impl Cluster {
             changed: Event::new(),
             leader: AtomicU64::new(0),
             caught_up: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
             inbox,
             pending: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(1),
@@ -416,25 +421,37 @@ impl Cluster {
     }
 
     /// Whether this node has caught up with the metadata quorum since it
-    /// started: until then its metadata may be stale, so it serves no client
-    /// request and takes no partition role.
+    /// started: until then its metadata may be stale, so it takes no
+    /// partition role and sends no heartbeat.
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
     }
 
-    /// The answer to a client request while this node catches up.
-    pub fn not_caught_up(&self) -> BrokerError {
-        let controller = match self.controller() {
-            Some(id) => format!("from controller node {id}"),
-            None => "no controller is reachable yet: is a majority of \
-                     controller-quorum-voters up?"
-                .to_owned(),
+    /// Whether this node serves client requests: it has caught up, and the
+    /// controller has unfenced it since (so that, like a Kafka broker, it
+    /// never answers while the cluster still counts it out, e.g. refusing a
+    /// topic for lack of live nodes when it is one of them).
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+
+    /// The answer to a client request while this node is not serving.
+    pub fn not_serving(&self) -> BrokerError {
+        let why = if self.is_caught_up() {
+            "is waiting for the controller to count it in".to_owned()
+        } else {
+            let controller = match self.controller() {
+                Some(id) => format!("from controller node {id}"),
+                None => "no controller is reachable yet: is a majority of \
+                         controller-quorum-voters up?"
+                    .to_owned(),
+            };
+            format!("is catching up with the cluster's metadata ({controller})")
         };
         BrokerError::new(
             ErrorCode::BrokerNotAvailable,
             format!(
-                "node {} has just started and is catching up with the cluster's metadata \
-                 ({controller}); retry in a moment, or ask another node",
+                "node {} has just started and {why}; retry in a moment, or ask another node",
                 self.settings.node_id
             ),
         )
@@ -568,14 +585,23 @@ impl Cluster {
         (self.controller(), nodes)
     }
 
-    fn is_alive(&self, id: u32, now: Instant, controller_since: Instant) -> bool {
+    /// Whether node `id` heartbeats (this node: yes), and whether it is
+    /// still within its session: heartbeats within `broker-session-timeout-ms`
+    /// or, never heard from, a new controller's first session timeout.
+    fn liveness(&self, id: u32, now: Instant, controller_since: Instant) -> (bool, bool) {
         if id == self.settings.node_id {
-            return true;
+            return (true, true);
         }
         let timeout = Duration::from_millis(self.settings.session_timeout_ms);
         match lock(&self.heartbeats).get(&id) {
-            Some(&at) => now.saturating_duration_since(at) < timeout,
-            None => now.saturating_duration_since(controller_since) < timeout,
+            Some(&at) => {
+                let beating = now.saturating_duration_since(at) < timeout;
+                (beating, beating)
+            }
+            None => (
+                false,
+                now.saturating_duration_since(controller_since) < timeout,
+            ),
         }
     }
 
@@ -781,6 +807,7 @@ async fn raft_loop(
             // heartbeating: the controller fences it and moves its
             // leaderships away; the other voters carry on.
             c.caught_up.store(false, Ordering::Release);
+            c.serving.store(false, Ordering::Release);
             error!(
                 "metadata quorum stopped: {e}; this node serves no client request and is fenced \
                  until it is restarted with a working disk"
@@ -868,18 +895,30 @@ impl CatchUp {
         }
     }
 
-    /// Marks the node caught up once it has applied up to the answer.
+    /// Marks the node caught up once it has applied up to the answer, and
+    /// serving once the applied metadata also has it unfenced.
     fn check(&self, c: &Cluster, applied: u64) {
-        if c.is_caught_up() || self.target.is_none_or(|t| applied < t) {
+        if c.is_serving() {
             return;
         }
-        c.caught_up.store(true, Ordering::Release);
-        info!(
-            "caught up with the metadata quorum (index {applied}) {} ms after start; serving \
-             clients",
-            self.started.elapsed().as_millis()
-        );
-        c.changed.notify(usize::MAX);
+        if !c.is_caught_up() {
+            if self.target.is_none_or(|t| applied < t) {
+                return;
+            }
+            c.caught_up.store(true, Ordering::Release);
+            info!(
+                "caught up with the metadata quorum (index {applied}) {} ms after start",
+                self.started.elapsed().as_millis()
+            );
+            c.changed.notify(usize::MAX);
+        }
+        if !c.state().is_fenced(c.settings.node_id) {
+            c.serving.store(true, Ordering::Release);
+            info!(
+                "unfenced {} ms after start; serving clients",
+                self.started.elapsed().as_millis()
+            );
+        }
     }
 }
 
@@ -1092,12 +1131,14 @@ async fn controller_loop(cluster: Weak<Cluster>) {
             }) {
                 continue;
             }
-            let alive = c.is_alive(v.id, now, since);
+            // Unfenced only on its heartbeats (a node sends them once it has
+            // caught up); fenced when silent past its session.
+            let (beating, in_session) = c.liveness(v.id, now, since);
             let fenced = state.is_fenced(v.id);
-            if alive && fenced {
+            if beating && fenced {
                 info!("node {} is alive: unfencing it", v.id);
                 commands.push((v.id, Command::UnfenceBroker(v.id)));
-            } else if !alive && !fenced {
+            } else if !in_session && !fenced {
                 warn!(
                     "node {} missed its heartbeats for {} ms: fencing it",
                     v.id, c.settings.session_timeout_ms

@@ -163,12 +163,26 @@ impl ClusterState {
     fn place(&mut self, first: u32, count: u32, rf: u16) -> Result<Vec<PartitionState>, Rejected> {
         let live = self.live_brokers();
         if rf == 0 || usize::from(rf) > live.len() {
+            let fenced: Vec<u32> = self
+                .brokers
+                .iter()
+                .filter(|(_, b)| b.fenced)
+                .map(|(id, _)| *id)
+                .collect();
+            let fix = match (live.len(), fenced.is_empty()) {
+                (0, _) => "retry once the controller counts nodes in".to_owned(),
+                (n, true) => format!("use 1 to {n}"),
+                (n, false) => format!(
+                    "use 1 to {n}, or retry once the fenced nodes are back (`eddy cluster \
+                     status`; a node just started is fenced until it has caught up)"
+                ),
+            };
             return Err(reject(
                 ErrorCode::InvalidReplicationFactor,
                 format!(
-                    "replication factor {rf} is not possible: {} node(s) are alive; use 1 to {}",
+                    "replication factor {rf} is not possible: {} node(s) are alive, fenced: \
+                     {fenced:?}; {fix}",
                     live.len(),
-                    live.len().max(1)
                 ),
             ));
         }
