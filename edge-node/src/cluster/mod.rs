@@ -795,8 +795,8 @@ async fn raft_loop(
         }
         let leader = node.raft.leader_id;
         c.leader.store(leader, Ordering::Release);
-        if !c.is_caught_up() {
-            catch_up.ask(&mut node);
+        if !c.is_serving() {
+            catch_up.ask(&c, &mut node);
         }
         if !node.has_ready() {
             continue;
@@ -855,20 +855,25 @@ impl CatchUp {
         }
     }
 
-    /// Asks the leader, if one is known, at most every [`CATCH_UP_ASK_MS`].
-    fn ask(&mut self, node: &mut RawNode<DiskStorage>) {
+    /// While the node does not serve yet: says so every
+    /// [`CATCH_UP_WARN_MS`], and asks the leader, if one is known, at most
+    /// every [`CATCH_UP_ASK_MS`] until it has answered.
+    fn ask(&mut self, c: &Cluster, node: &mut RawNode<DiskStorage>) {
         let now = Instant::now();
         if now.saturating_duration_since(self.warned) >= Duration::from_millis(CATCH_UP_WARN_MS) {
             self.warned = now;
+            let why = if c.is_caught_up() {
+                "caught up, but the controller has not counted it in: do its heartbeats reach \
+                 the controller?"
+            } else if node.raft.leader_id == raft::INVALID_ID {
+                "catching up with the metadata quorum; no controller known: is a majority of \
+                 controller-quorum-voters up?"
+            } else {
+                "catching up with the metadata quorum; waiting for the controller's answer"
+            };
             warn!(
-                "still catching up with the metadata quorum after {} ms ({}); serving no \
-                 client request until then",
+                "{} ms after start this node still serves no client request: {why}",
                 self.started.elapsed().as_millis(),
-                if node.raft.leader_id == raft::INVALID_ID {
-                    "no controller known: is a majority of controller-quorum-voters up?"
-                } else {
-                    "waiting for the controller's answer"
-                }
             );
         }
         if self.target.is_some() || node.raft.leader_id == raft::INVALID_ID {
