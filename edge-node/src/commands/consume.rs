@@ -24,6 +24,11 @@ use super::{ConnectArgs, explain};
 
 /// Longest single poll: the loop comes back this often to check its stop conditions.
 const POLL_SLICE_MS: u64 = 1000;
+/// How long placing a partition (`--from-beginning`, `--timestamp`, the
+/// end) keeps retrying retriable errors (a leader moving, or just started).
+const SEEK_RETRY_MS: u64 = 30_000;
+/// Pause between two such tries.
+const SEEK_RETRY_PAUSE_MS: u64 = 200;
 
 /// Output format of `eddy consume`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -274,16 +279,31 @@ async fn assign_all(args: &ConsumeArgs, consumer: &mut Consumer) -> anyhow::Resu
     };
     consumer.assign(partitions.iter().map(|&p| (topic.to_owned(), p)).collect());
     for &p in &partitions {
-        let placed = if let Some(offset) = args.offset {
-            consumer.seek(topic, p, offset)
-        } else if let Some(ms) = args.timestamp {
-            consumer.seek_to_timestamp(topic, p, ms).await
-        } else if args.from_beginning {
-            consumer.seek_to_beginning(topic, p).await
-        } else {
-            consumer.seek_to_end(topic, p).await
-        };
-        placed.map_err(consume_error)?;
+        // A leader moving or just started (retriable errors) is waited for,
+        // as the polling loop does, for at most SEEK_RETRY_MS.
+        let started = Instant::now();
+        loop {
+            let placed = if let Some(offset) = args.offset {
+                consumer.seek(topic, p, offset)
+            } else if let Some(ms) = args.timestamp {
+                consumer.seek_to_timestamp(topic, p, ms).await
+            } else if args.from_beginning {
+                consumer.seek_to_beginning(topic, p).await
+            } else {
+                consumer.seek_to_end(topic, p).await
+            };
+            match placed {
+                Ok(()) => break,
+                Err(e)
+                    if e.is_retriable()
+                        && started.elapsed() < Duration::from_millis(SEEK_RETRY_MS) =>
+                {
+                    log::warn!("{topic}-{p}: {e}; retrying");
+                    smol::Timer::after(Duration::from_millis(SEEK_RETRY_PAUSE_MS)).await;
+                }
+                Err(e) => return Err(consume_error(e)),
+            }
+        }
     }
     Ok(())
 }
