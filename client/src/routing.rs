@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt as _;
 
-use crate::connection::{Client, ClientError, ClientOptions, Metadata};
+use crate::connection::{Client, ClientError, ClientOptions, Metadata, backoff_ms};
 use crate::protocol::{
     ErrorBody, ErrorCode, NO_LEADER, PROTOCOL_VERSION, Request, RequestHeader, Response,
 };
@@ -47,9 +47,9 @@ pub(crate) struct Routes {
 pub const COORDINATOR_RETRY_MS: u64 = 15_000;
 /// First pause before a group request asks for its coordinator again
 /// (doubling up to [`COORDINATOR_BACKOFF_MAX_MS`]).
-const COORDINATOR_BACKOFF_MS: u64 = 50;
+const COORDINATOR_BACKOFF_MS: u32 = 50;
 /// Longest pause between those attempts.
-const COORDINATOR_BACKOFF_MAX_MS: u64 = 1000;
+const COORDINATOR_BACKOFF_MAX_MS: u32 = 1000;
 
 /// How long a request waits on a partition leader before the other nodes are
 /// asked whether it still leads ([`Client::unless_leader_moves`]).
@@ -321,7 +321,7 @@ impl Client {
         Fut: Future<Output = Result<T, ClientError>>,
     {
         let deadline = Instant::now() + Duration::from_millis(COORDINATOR_RETRY_MS);
-        let mut backoff = COORDINATOR_BACKOFF_MS;
+        let mut tries = 0u32;
         loop {
             let result = match self.find_coordinator(group).await {
                 Ok(c) => attempt(c).await,
@@ -331,8 +331,9 @@ impl Client {
                 return result;
             }
             lock(self.routes()).coordinators.remove(group);
-            smol::Timer::after(Duration::from_millis(backoff)).await;
-            backoff = (backoff * 2).min(COORDINATOR_BACKOFF_MAX_MS);
+            tries += 1;
+            let pause = backoff_ms(COORDINATOR_BACKOFF_MS, COORDINATOR_BACKOFF_MAX_MS, tries);
+            smol::Timer::after(Duration::from_millis(pause)).await;
         }
     }
 

@@ -435,24 +435,35 @@ impl Cluster {
         self.serving.load(Ordering::Acquire)
     }
 
+    /// Why this node does not serve clients yet (for its answers and its
+    /// log).
+    fn not_serving_reason(&self) -> String {
+        if self.is_caught_up() {
+            "it has caught up, but the controller has not counted it in yet (do its \
+             heartbeats reach the controller?)"
+                .to_owned()
+        } else {
+            match self.controller() {
+                Some(id) => {
+                    format!(
+                        "it is catching up with the cluster's metadata from controller node {id}"
+                    )
+                }
+                None => "it is catching up with the cluster's metadata, and no controller is \
+                         reachable yet: is a majority of controller-quorum-voters up?"
+                    .to_owned(),
+            }
+        }
+    }
+
     /// The answer to a client request while this node is not serving.
     pub fn not_serving(&self) -> BrokerError {
-        let why = if self.is_caught_up() {
-            "is waiting for the controller to count it in".to_owned()
-        } else {
-            let controller = match self.controller() {
-                Some(id) => format!("from controller node {id}"),
-                None => "no controller is reachable yet: is a majority of \
-                         controller-quorum-voters up?"
-                    .to_owned(),
-            };
-            format!("is catching up with the cluster's metadata ({controller})")
-        };
         BrokerError::new(
             ErrorCode::BrokerNotAvailable,
             format!(
-                "node {} has just started and {why}; retry in a moment, or ask another node",
-                self.settings.node_id
+                "node {} has just started and {}; retry in a moment, or ask another node",
+                self.settings.node_id,
+                self.not_serving_reason()
             ),
         )
     }
@@ -862,18 +873,10 @@ impl CatchUp {
         let now = Instant::now();
         if now.saturating_duration_since(self.warned) >= Duration::from_millis(CATCH_UP_WARN_MS) {
             self.warned = now;
-            let why = if c.is_caught_up() {
-                "caught up, but the controller has not counted it in: do its heartbeats reach \
-                 the controller?"
-            } else if node.raft.leader_id == raft::INVALID_ID {
-                "catching up with the metadata quorum; no controller known: is a majority of \
-                 controller-quorum-voters up?"
-            } else {
-                "catching up with the metadata quorum; waiting for the controller's answer"
-            };
             warn!(
-                "{} ms after start this node still serves no client request: {why}",
+                "{} ms after start this node still serves no client request: {}",
                 self.started.elapsed().as_millis(),
+                c.not_serving_reason()
             );
         }
         if self.target.is_some() || node.raft.leader_id == raft::INVALID_ID {

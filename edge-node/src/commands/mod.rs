@@ -131,10 +131,6 @@ pub fn explain(error: ClientError) -> anyhow::Error {
             "the group coordinator (the leader of __consumer_offsets) is moving or starting; \
              check `eddy cluster status` and try again",
         ),
-        Some(ErrorCode::BrokerNotAvailable) => Some(
-            "the node has just started and is catching up with the cluster's metadata; try \
-             again in a moment, or ask another node with --server",
-        ),
         _ => None,
     };
     // The node's own message may already say what to do.

@@ -542,20 +542,12 @@ impl Broker {
                     "node {me} leads {OFFSETS_TOPIC}-0 and is loading it"
                 ))),
             },
-            Some(Some(leader)) => {
-                let address = cluster
-                    .settings()
-                    .voters
-                    .iter()
-                    .find(|v| v.id == leader)
-                    .map(|v| v.address.clone());
-                match address {
-                    Some(address) => Ok((leader, Some(address))),
-                    None => Err(coordinator_not_available(format!(
-                        "{OFFSETS_TOPIC}-0 is led by node {leader}, which is not a voter"
-                    ))),
-                }
-            }
+            Some(Some(leader)) => match cluster.address_of(leader) {
+                Some(address) => Ok((leader, Some(address.to_owned()))),
+                None => Err(coordinator_not_available(format!(
+                    "{OFFSETS_TOPIC}-0 is led by node {leader}, which is not a voter"
+                ))),
+            },
         }
     }
 
