@@ -218,15 +218,27 @@ fn wait_isr(cluster: &TestCluster, topic: &str, want: impl Fn(&[u32]) -> bool, w
     assert!(ok, "{what}:\n{}", cluster.logs());
 }
 
+/// Creates `topic` with one partition on all three nodes (with `configs`)
+/// and waits until it has a leader and a full ISR; returns the leader.
+fn create_on_three(
+    cluster: &TestCluster,
+    client: &Client,
+    topic: &str,
+    configs: &[(&str, &str)],
+) -> u32 {
+    create(client, topic, 3, configs);
+    let leader = wait_leader(cluster, topic, None);
+    wait_isr(cluster, topic, |isr| isr.len() == 3, "full ISR");
+    leader
+}
+
 #[test]
 fn leader_kill9_during_acks_all_loses_no_acknowledged_record() {
     let dir = tmp();
     let mut cluster = TestCluster::start(dir.path(), 3, FAST);
     cluster.wait_ready(3);
     let client = cluster.any_client();
-    create(&client, "orders", 3, &[("min.insync.replicas", "2")]);
-    let old = wait_leader(&cluster, "orders", None);
-    wait_isr(&cluster, "orders", |isr| isr.len() == 3, "full ISR");
+    let old = create_on_three(&cluster, &client, "orders", &[("min.insync.replicas", "2")]);
 
     // Produce through a client bootstrapped at a node that survives.
     let survivor = (0..3).find(|i| *i != old as usize).unwrap_or(0);
@@ -284,9 +296,7 @@ fn a_stopped_follower_leaves_the_isr_truncates_by_epoch_and_rejoins() {
     let mut cluster = TestCluster::start(dir.path(), 3, FAST);
     cluster.wait_ready(3);
     let client = cluster.any_client();
-    create(&client, "t", 3, &[("min.insync.replicas", "1")]);
-    let leader0 = wait_leader(&cluster, "t", None) as usize;
-    wait_isr(&cluster, "t", |isr| isr.len() == 3, "full ISR");
+    let leader0 = create_on_three(&cluster, &client, "t", &[("min.insync.replicas", "1")]) as usize;
     let others: Vec<usize> = (0..3).filter(|i| *i != leader0).collect();
     let (a, b) = (others[0], others[1]);
 
@@ -574,9 +584,7 @@ fn a_restarted_node_takes_no_writes_before_it_has_caught_up_with_the_metadata() 
     let mut cluster = TestCluster::start(dir.path(), 3, FAST);
     cluster.wait_ready(3);
     let client = cluster.any_client();
-    create(&client, "t", 3, &[("min.insync.replicas", "1")]);
-    let old = wait_leader(&cluster, "t", None) as usize;
-    wait_isr(&cluster, "t", |isr| isr.len() == 3, "full ISR");
+    let old = create_on_three(&cluster, &client, "t", &[("min.insync.replicas", "1")]) as usize;
     smol::block_on(client.close());
 
     // The leader dies; the cluster fences it and elects another. Its own
@@ -897,8 +905,7 @@ fn fault_schedule(seed: u64) {
     let mut cluster = TestCluster::start(dir.path(), 3, FAST);
     cluster.wait_ready(3);
     let client = cluster.any_client();
-    create(&client, "chaos", 3, &[("min.insync.replicas", "2")]);
-    wait_isr(&cluster, "chaos", |isr| isr.len() == 3, "full ISR");
+    create_on_three(&cluster, &client, "chaos", &[("min.insync.replicas", "2")]);
 
     // Producers and a consumer run on their own threads, on clients
     // bootstrapped at different nodes, while the schedule runs.
@@ -1163,8 +1170,7 @@ fn bench_replication_throughput_and_failover() {
     cluster.wait_ready(3);
     let client = cluster.any_client();
     create(&client, "rf1", 1, &[]);
-    create(&client, "rf3", 3, &[("min.insync.replicas", "2")]);
-    wait_isr(&cluster, "rf3", |isr| isr.len() == 3, "full ISR");
+    create_on_three(&cluster, &client, "rf3", &[("min.insync.replicas", "2")]);
     let (count, size) = (50_000, 256);
     // Warm up both paths once, then measure alternately.
     throughput(&client, "rf1", Acks::Leader, 2000, size);
@@ -1316,8 +1322,7 @@ fn node_only_requests_need_a_node_certificate() {
     let cluster = TestCluster::start(dir.path(), 3, FAST);
     cluster.wait_ready(3);
     let client = cluster.any_client();
-    create(&client, "guarded", 3, &[]);
-    wait_isr(&cluster, "guarded", |isr| isr.len() == 3, "full ISR");
+    create_on_three(&cluster, &client, "guarded", &[]);
     let acked = smol::block_on(async {
         let p = producer(&client);
         let f = p
