@@ -434,37 +434,42 @@ impl Broker {
             return Ok(());
         }
         let now = now_ms();
-        match source {
-            Offsets::Local(store) => {
-                let group = group.to_owned();
-                smol::unblock(move || store.commit(&group, &offsets, now))
-                    .await
-                    .map_err(|e| {
-                        BrokerError::new(
-                            ErrorCode::KafkaStorageError,
-                            format!("{e}; nothing acknowledged was lost, retry the commit"),
-                        )
-                    })
-            }
-            Offsets::Cluster(_) => {
-                let batch = offsets::commit_batch(group, &offsets, now).map_err(offsets_error)?;
-                let at = self.append_offsets(batch).await?;
-                // Into the offsets this node coordinates with now: after a
-                // leadership change the loaded map may be a newer one, replayed
-                // before this record was appended (updates apply in log order).
-                if let Ok(current) = self.groups.offsets() {
-                    current.map().committed(group, &offsets, now, at);
-                }
-                Ok(())
-            }
+        let batch = offsets::commit_batch(group, &offsets, now).map_err(offsets_error)?;
+        let at = self.append_offsets(source, batch, now, "commit").await?;
+        // Into the offsets this node coordinates with now: after a leadership
+        // change the loaded map may be a newer one, replayed before this
+        // record was appended (updates apply in log order).
+        if let Ok(current) = self.groups.offsets() {
+            current.map().committed(group, &offsets, now, at);
         }
+        Ok(())
     }
 
-    /// Appends a batch of the coordinator to `__consumer_offsets-0` with
-    /// `acks=all`. Errors map as Kafka maps them for offset commits: a lost
-    /// leadership or disk to `NotCoordinator` (find the new coordinator),
-    /// too few replicas or a timeout to `CoordinatorNotAvailable` (retry).
-    async fn append_offsets(self: &Arc<Self>, batch: Vec<u8>) -> Result<u64, BrokerError> {
+    /// Appends a batch of offset commits or tombstones (`what` the client
+    /// asked for) durably; returns the offset of its first record. A single
+    /// node appends to its own offsets log and waits for the fsync. A
+    /// cluster's coordinator produces to `__consumer_offsets-0` with
+    /// `acks=all`, and errors map as Kafka maps them for offset commits: a
+    /// lost leadership or disk to `NotCoordinator` (find the new
+    /// coordinator), too few replicas or a timeout to
+    /// `CoordinatorNotAvailable` (retry).
+    async fn append_offsets(
+        self: &Arc<Self>,
+        source: Offsets,
+        mut batch: Vec<u8>,
+        now: i64,
+        what: &str,
+    ) -> Result<u64, BrokerError> {
+        if let Offsets::Local(store) = source {
+            return smol::unblock(move || store.append(&mut batch, now))
+                .await
+                .map_err(|e| {
+                    BrokerError::new(
+                        ErrorCode::KafkaStorageError,
+                        format!("{e}; nothing acknowledged was lost, retry the {what}"),
+                    )
+                });
+        }
         let result = self
             .produce(
                 OFFSETS_TOPIC,
@@ -497,7 +502,10 @@ impl Broker {
                 | ErrorCode::UnknownTopicOrPartition => ErrorCode::CoordinatorNotAvailable,
                 other => other,
             };
-            BrokerError::new(code, format!("{OFFSETS_TOPIC}-0: {}; retry", e.message))
+            BrokerError::new(
+                code,
+                format!("{OFFSETS_TOPIC}-0: {}; retry the {what}", e.message),
+            )
         })
     }
 
@@ -686,30 +694,15 @@ impl Broker {
             known
         };
         let now = now_ms();
-        let removed = match source {
-            Offsets::Local(store) => {
-                let owned = group.to_owned();
-                smol::unblock(move || store.delete_group(&owned, now))
-                    .await
-                    .map_err(|e| {
-                        BrokerError::new(
-                            ErrorCode::KafkaStorageError,
-                            format!("{e}; retry the delete"),
-                        )
-                    })?
+        let keys = source.map().keys_of(group);
+        if !keys.is_empty() {
+            let batch = offsets::tombstone_batch(&keys, now).map_err(offsets_error)?;
+            let at = self.append_offsets(source, batch, now, "delete").await?;
+            if let Ok(current) = self.groups.offsets() {
+                current.map().deleted(&keys, at);
             }
-            Offsets::Cluster(loaded) => {
-                let keys = loaded.map.keys_of(group);
-                if !keys.is_empty() {
-                    let batch = offsets::tombstone_batch(&keys, now).map_err(offsets_error)?;
-                    let at = self.append_offsets(batch).await?;
-                    if let Ok(current) = self.groups.offsets() {
-                        current.map().deleted(&keys, at);
-                    }
-                }
-                keys.len()
-            }
-        };
+        }
+        let removed = keys.len();
         if !known && removed == 0 {
             return Err(group_not_found(group));
         }

@@ -195,8 +195,9 @@ impl OffsetStore {
         Ok(keys.len())
     }
 
-    /// Appends durably; returns the offset of the batch's first record.
-    fn append(&self, batch: &mut [u8], now_ms: i64) -> Result<u64, OffsetsError> {
+    /// Appends durably (blocks on an fsync); returns the offset of the
+    /// batch's first record.
+    pub fn append(&self, batch: &mut [u8], now_ms: i64) -> Result<u64, OffsetsError> {
         let info = self.log.append_durable(batch, 0, now_ms)?;
         self.log.with(|log| {
             let end = log.log_end_offset();
