@@ -56,8 +56,19 @@ pub const SHUTDOWN_CLOSE_MS: u64 = 1_000;
 /// A fetch takes at least this much of `queued-max-response-bytes` (or its
 /// whole `max_bytes` if smaller), waiting only while less is free.
 pub const FETCH_RESERVATION_BYTES_MIN: u64 = 64 * 1024;
-/// Largest piece of a produce payload taken from the stream at once.
+/// Largest piece of a produce payload taken from the stream at once, and
+/// the step by which a request's hold on `queued-max-request-bytes` grows.
 pub const PAYLOAD_CHUNK_BYTES_MAX: usize = 64 * 1024;
+/// A request none of whose bytes arrive for this long is dropped (with
+/// `RequestTimedOut`), and gives back what it held of
+/// `queued-max-request-bytes`: a client that stops halfway through its
+/// requests cannot keep them from other clients.
+#[cfg(not(test))]
+pub const REQUEST_STALL_MS: u64 = 30_000;
+/// In tests: longer than [`crate::memory::BUDGET_WAIT_MS_MAX`], which a
+/// test pauses a request for.
+#[cfg(test)]
+pub const REQUEST_STALL_MS: u64 = 8_000;
 /// Least time between two "connection refused" log lines.
 pub const REFUSAL_LOG_INTERVAL_MS: i64 = 10_000;
 
@@ -468,7 +479,12 @@ fn bad(code: ErrorCode, message: impl Into<String>, stop: bool) -> ReadProblem {
 /// `payload_hint` is the size of the connection's last produce payload: a producer
 /// sends batches of much the same size, so the buffer starts at that size
 /// instead of growing by doubling (which copies the payload again at each
-/// step), and is told the size of this one.
+/// step), and is told the size of this one. Only the bytes read are counted
+/// against the budget (in [`PAYLOAD_CHUNK_BYTES_MAX`] steps): pages of the
+/// buffer not written yet take no memory, and a stream that sends a few
+/// bytes and stops holds no more than those.
+///
+/// Every read waits at most [`REQUEST_STALL_MS`] for the next bytes.
 ///
 /// With `refuse_node_only` (a node of a cluster, and a connection that
 /// presented no node certificate) a request only nodes may send is refused
@@ -482,7 +498,7 @@ async fn read_request(
     refuse_node_only: bool,
 ) -> Result<(RequestHeader, Vec<u8>, Reservation), ReadProblem> {
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
-    read_exact(recv, &mut prefix, "length prefix").await?;
+    until_stalled(read_exact(recv, &mut prefix, "length prefix")).await?;
     let len = protocol::decode_header_len(prefix).map_err(|e| {
         bad(
             ErrorCode::InvalidRequest,
@@ -491,7 +507,7 @@ async fn read_request(
         )
     })?;
     let mut body = vec![0u8; len];
-    read_exact(recv, &mut body, "request header").await?;
+    until_stalled(read_exact(recv, &mut body, "request header")).await?;
     // The version comes first, so a newer client gets UnsupportedVersion even
     // when the rest of its header means nothing to this node.
     let (version, _) = postcard::take_from_bytes::<u16>(&body).map_err(|e| {
@@ -553,9 +569,8 @@ async fn read_request(
         bad(ErrorCode::InvalidRequest, message, true)
     };
     // The payload is read in pieces, each first counted against the budget
-    // (by the buffer's capacity, which is what it holds): while the budget
-    // is full the stream is not read, and QUIC flow control holds the
-    // client back.
+    // (by the bytes read so far): while the budget is full the stream is
+    // not read on, and QUIC flow control holds the client back.
     let mut reservation = budget.reservation("queued-max-request-bytes");
     let mut payload = Vec::new();
     let wait = Duration::from_millis(BUDGET_WAIT_MS_MAX);
@@ -565,18 +580,30 @@ async fn read_request(
             .saturating_sub(payload.len())
             .saturating_add(1)
             .min(PAYLOAD_CHUNK_BYTES_MAX);
-        let chunk = match recv.read_chunk(room, true).await {
-            Ok(Some(chunk)) => chunk.bytes,
-            Ok(None) => break,
-            Err(e) => return Err(ReadProblem::Gone(e.to_string())),
+        let read = async {
+            match recv.read_chunk(room, true).await {
+                Ok(chunk) => Ok(chunk.map(|c| c.bytes)),
+                Err(e) => Err(ReadProblem::Gone(e.to_string())),
+            }
+        };
+        let Some(chunk) = until_stalled(read).await? else {
+            break;
         };
         let len = payload.len().saturating_add(chunk.len());
         if len as u64 > limit {
             return Err(too_long());
         }
+        let limit_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
+        if len as u64 > reservation.bytes() {
+            let held = len
+                .checked_next_multiple_of(PAYLOAD_CHUNK_BYTES_MAX)
+                .unwrap_or(len)
+                .min(limit_bytes);
+            reservation.grow_to(held as u64, wait).await?;
+        }
         if len > payload.capacity() {
-            // What `reserve` will allocate: the last payload's size at first,
-            // then at least double, as Vec grows.
+            // The last payload's size at first, then at least double, as
+            // Vec grows.
             let first = if payload.capacity() == 0 && produce {
                 payload_hint.load(Ordering::Relaxed)
             } else {
@@ -585,8 +612,7 @@ async fn read_request(
             let capacity = len
                 .max(payload.capacity().saturating_mul(2))
                 .max(first)
-                .min(usize::try_from(limit).unwrap_or(usize::MAX));
-            reservation.grow_to(capacity as u64, wait).await?;
+                .min(limit_bytes);
             payload.reserve_exact(capacity - payload.len());
         }
         payload.extend_from_slice(&chunk);
@@ -595,6 +621,26 @@ async fn read_request(
         payload_hint.store(payload.len(), Ordering::Relaxed);
     }
     Ok((header, payload, reservation))
+}
+
+/// Runs one read of a request, dropping the request when no bytes come for
+/// [`REQUEST_STALL_MS`].
+async fn until_stalled<T>(
+    read: impl std::future::Future<Output = Result<T, ReadProblem>>,
+) -> Result<T, ReadProblem> {
+    read.or(async {
+        smol::Timer::after(Duration::from_millis(REQUEST_STALL_MS)).await;
+        Err(bad(
+            ErrorCode::RequestTimedOut,
+            format!(
+                "no bytes of the request arrived for {} s, so the node dropped it; \
+                 send it again",
+                REQUEST_STALL_MS / 1000
+            ),
+            true,
+        ))
+    })
+    .await
 }
 
 async fn read_exact(
@@ -697,8 +743,34 @@ async fn serve_stream(
     // budget (and at most `fetch-max-bytes`), plus at most one batch when
     // the first batch is larger (Kafka's rule, so a consumer never stalls).
     let mut _response_memory = None;
-    if let Request::Fetch { max_bytes, .. } = &mut header.request {
+    if let Request::Fetch {
+        topic,
+        partition,
+        offset,
+        max_bytes,
+        min_bytes,
+        max_wait_ms,
+    } = &mut header.request
+    {
         let want = u64::from((*max_bytes).min(state.fetch_max_bytes));
+        // The long poll holds no memory: a consumer waiting on an idle
+        // partition must not keep other fetches out of the budget. Memory is
+        // reserved once there is something to read, which is then read at
+        // once.
+        if *max_wait_ms > 0 {
+            state
+                .broker
+                .fetch_ready(
+                    topic,
+                    *partition,
+                    *offset,
+                    u32::try_from(want).unwrap_or(u32::MAX),
+                    *min_bytes,
+                    *max_wait_ms,
+                )
+                .await;
+            *max_wait_ms = 0;
+        }
         let reserved = state
             .response_budget
             .reserve_up_to(
@@ -1181,11 +1253,11 @@ mod tests {
             assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
 
             // A big produce, sent but for its last bytes: the node holds
-            // what it has read, and its buffer takes the whole budget.
+            // what it has read, which takes the whole budget.
             let big = frame(
                 PROTOCOL_VERSION,
                 produce("t", Acks::Leader),
-                &batch(&vec![7u8; 900 * 1024]),
+                &batch(&vec![7u8; 1000 * 1024]),
             );
             let (head, tail) = big.split_at(big.len() - 16);
             let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
@@ -1238,6 +1310,157 @@ mod tests {
                 "{h:?}"
             );
             assert_eq!(server.queued_request_bytes(), 0);
+        });
+        node.stop();
+    }
+
+    #[test]
+    fn requests_that_stall_halfway_hold_only_what_they_sent_and_are_dropped() {
+        const BUDGET: u64 = 1024 * 1024;
+        let node = Node::start(|c| {
+            c.queued_max_request_bytes = BUDGET;
+            c.max_request_bytes = BUDGET;
+            c.topic_defaults
+                .insert("max.message.bytes".into(), BUDGET.to_string());
+        });
+        let client = node.client();
+        let server = node.server.as_ref().expect("running");
+        node.rt.block_on(async {
+            let conn = connect(&client, node.addr()).await;
+            let (h, _) = call(
+                &conn,
+                Request::CreateTopic {
+                    name: "t".into(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    configs: vec![],
+                },
+                &[],
+            )
+            .await;
+            assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+            // A big produce first, so the connection's next payloads are
+            // expected to be as big.
+            let (h, _) = call(
+                &conn,
+                produce("t", Acks::Leader),
+                &batch(&vec![7u8; 900 * 1024]),
+            )
+            .await;
+            assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
+
+            // Four produces that send their header and a few bytes, then stop.
+            let head = frame(PROTOCOL_VERSION, produce("t", Acks::Leader), &[0u8; 8]);
+            let mut stalled = Vec::new();
+            for _ in 0..4 {
+                let (mut send, recv) = conn.open_bi().await.expect("open stream");
+                send.write_all(&head).await.expect("write");
+                stalled.push((send, recv));
+            }
+            let started = std::time::Instant::now();
+            let holding = wait_until_async(Duration::from_secs(30), || {
+                server.queued_request_bytes() == 4 * PAYLOAD_CHUNK_BYTES_MAX as u64
+            })
+            .await;
+            assert!(
+                holding,
+                "the stalled produces hold {} bytes, not one chunk each",
+                server.queued_request_bytes()
+            );
+
+            // Other produces still go through at once.
+            let (h, _) = call(
+                &conn,
+                produce("t", Acks::Leader),
+                &batch(&[1u8; 600 * 1024]),
+            )
+            .await;
+            assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
+
+            // The stalled ones are dropped after REQUEST_STALL_MS, with a
+            // typed answer, and give their bytes back.
+            for (_send, mut recv) in stalled {
+                let raw = recv
+                    .read_to_end(RESPONSE_BYTES_MAX)
+                    .await
+                    .expect("response");
+                let (h, _): (ResponseHeader, &[u8]) = split_frame(&raw).expect("frame");
+                assert_eq!(error_code(&h), Some(ErrorCode::RequestTimedOut), "{h:?}");
+            }
+            assert!(started.elapsed() >= Duration::from_millis(REQUEST_STALL_MS));
+            let freed = wait_until_async(Duration::from_secs(5), || {
+                server.queued_request_bytes() == 0
+            })
+            .await;
+            assert!(freed, "still held: {}", server.queued_request_bytes());
+        });
+        node.stop();
+    }
+
+    #[test]
+    fn waiting_fetches_hold_no_response_memory() {
+        const BUDGET: u64 = 256 * 1024;
+        let node = Node::start(|c| {
+            c.queued_max_response_bytes = BUDGET;
+            c.fetch_max_bytes = BUDGET;
+        });
+        let client = node.client();
+        let server = node.server.as_ref().expect("running");
+        node.rt.block_on(async {
+            let conn = connect(&client, node.addr()).await;
+            for name in ["idle", "busy"] {
+                let (h, _) = call(
+                    &conn,
+                    Request::CreateTopic {
+                        name: name.into(),
+                        partitions: 1,
+                        replication_factor: 1,
+                        configs: vec![],
+                    },
+                    &[],
+                )
+                .await;
+                assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+            }
+            let (h, _) = call(&conn, produce("busy", Acks::Leader), &batch(b"ready")).await;
+            assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
+            let fetch = |topic: &str, max_wait_ms| Request::Fetch {
+                topic: topic.into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: u32::MAX,
+                min_bytes: u32::MAX,
+                max_wait_ms,
+            };
+            // Eight long polls on an empty partition, each asking for more
+            // than the whole budget.
+            let mut waiting = Vec::new();
+            for _ in 0..8 {
+                let (mut send, recv) = conn.open_bi().await.expect("open stream");
+                let request = frame(PROTOCOL_VERSION, fetch("idle", 3_000), &[]);
+                send.write_all(&request).await.expect("write");
+                send.finish().expect("finish");
+                waiting.push(recv);
+            }
+            smol::Timer::after(Duration::from_millis(300)).await;
+            assert_eq!(server.queued_response_bytes(), 0);
+            // Another consumer's fetch is answered at once.
+            let started = std::time::Instant::now();
+            let (h, payload) = call(&conn, fetch("busy", 0), &[]).await;
+            assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
+            assert_eq!(eddy_core::batch::BatchIter::new(&payload).count(), 1);
+            assert!(started.elapsed() < Duration::from_secs(2));
+            // The long polls end empty when their wait is over.
+            for mut recv in waiting {
+                let raw = recv
+                    .read_to_end(RESPONSE_BYTES_MAX)
+                    .await
+                    .expect("response");
+                let (h, payload): (ResponseHeader, &[u8]) = split_frame(&raw).expect("frame");
+                assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
+                assert!(payload.is_empty());
+            }
+            assert_eq!(server.queued_response_bytes(), 0);
         });
         node.stop();
     }

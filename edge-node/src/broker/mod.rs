@@ -772,44 +772,9 @@ impl Broker {
         let p = self.partition(topic, partition).await?;
         self.check_leader(&p)?;
         let max_bytes = u64::from(max_bytes.clamp(1, FETCH_RESPONSE_BYTES_MAX));
-        let min_bytes = u64::from(min_bytes).min(max_bytes);
-        let wait = Duration::from_millis(u64::from(max_wait_ms.min(FETCH_MAX_WAIT_MS_MAX)));
-        let deadline = Instant::now() + wait;
-        let read = |p: &Partition| {
-            p.with_log(|log| {
-                let hw = log.high_watermark();
-                let slice = log
-                    .read(offset, max_bytes, hw)
-                    .map_err(|e| read_error(topic, partition, e))?;
-                Ok((slice, hw, log.log_start_offset()))
-            })
-        };
-        let mut found = read(&p)?;
-        let available = |found: &(Option<eddy_core::log::FileSlice>, u64, u64)| {
-            found.0.as_ref().map_or(0, |s| s.len)
-        };
-        while available(&found) < min_bytes && Instant::now() < deadline && !self.is_shutting_down()
-        {
-            // Listen first, then look again, so a notify in between is not lost.
-            let listener = p.hw_event().listen();
-            found = read(&p)?;
-            if available(&found) >= min_bytes || self.is_shutting_down() {
-                break;
-            }
-            let woke = async {
-                listener.await;
-                true
-            }
-            .or(async {
-                smol::Timer::at(deadline).await;
-                false
-            })
-            .await;
-            found = read(&p)?;
-            if !woke {
-                break;
-            }
-        }
+        let found = self
+            .wait_for_bytes(&p, offset, max_bytes, min_bytes, max_wait_ms)
+            .await?;
         let (slice, high_watermark, log_start_offset) = found;
         let Some(slice) = slice else {
             return Ok(FetchResult {
@@ -836,6 +801,89 @@ impl Broker {
             next_offset,
             batches: bytes,
         })
+    }
+
+    /// A fetch's long poll: waits (at most `max_wait_ms`, while the node
+    /// runs) until a read of `offset` with `max_bytes` finds at least
+    /// `min_bytes` below the high watermark. Allocates nothing while it
+    /// waits (slices are file positions), so a server may reserve response
+    /// memory only after this: see [`Broker::fetch_ready`].
+    async fn wait_for_bytes(
+        &self,
+        p: &Partition,
+        offset: u64,
+        max_bytes: u64,
+        min_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<(Option<eddy_core::log::FileSlice>, u64, u64), BrokerError> {
+        let min_bytes = u64::from(min_bytes).min(max_bytes);
+        let wait = Duration::from_millis(u64::from(max_wait_ms.min(FETCH_MAX_WAIT_MS_MAX)));
+        let deadline = Instant::now() + wait;
+        let read = |p: &Partition| {
+            p.with_log(|log| {
+                let hw = log.high_watermark();
+                let slice = log
+                    .read(offset, max_bytes, hw)
+                    .map_err(|e| read_error(p.topic(), p.index(), e))?;
+                Ok((slice, hw, log.log_start_offset()))
+            })
+        };
+        let mut found = read(p)?;
+        let available = |found: &(Option<eddy_core::log::FileSlice>, u64, u64)| {
+            found.0.as_ref().map_or(0, |s| s.len)
+        };
+        while available(&found) < min_bytes && Instant::now() < deadline && !self.is_shutting_down()
+        {
+            // Listen first, then look again, so a notify in between is not lost.
+            let listener = p.hw_event().listen();
+            found = read(p)?;
+            if available(&found) >= min_bytes || self.is_shutting_down() {
+                break;
+            }
+            let woke = async {
+                listener.await;
+                true
+            }
+            .or(async {
+                smol::Timer::at(deadline).await;
+                false
+            })
+            .await;
+            found = read(p)?;
+            if !woke {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Waits like [`Broker::fetch`] would until `min_bytes` of `topic`
+    /// `partition` are available from `offset` (reading at most
+    /// `max_bytes`), but reads nothing: the server long-polls with this
+    /// before it reserves response memory, then fetches without waiting. An
+    /// error is left for that fetch to answer.
+    pub async fn fetch_ready(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        min_bytes: u32,
+        max_wait_ms: u32,
+    ) {
+        if self.check_running().is_err() || self.check_serving_clients().is_err() {
+            return;
+        }
+        let Ok(p) = self.partition(topic, partition).await else {
+            return;
+        };
+        if self.check_leader(&p).is_err() {
+            return;
+        }
+        let max_bytes = u64::from(max_bytes.clamp(1, FETCH_RESPONSE_BYTES_MAX));
+        let _ = self
+            .wait_for_bytes(&p, offset, max_bytes, min_bytes, max_wait_ms)
+            .await;
     }
 
     /// Looks up an offset: the log start, the high watermark, or the first
