@@ -186,6 +186,9 @@ pub struct ConfigOverrides {
     /// Overrides `[plugins] instances-per-plugin`.
     #[arg(long, value_name = "N")]
     pub plugin_instances_per_plugin: Option<u32>,
+    /// Overrides `[plugins] allow-wasi-grants`.
+    #[arg(long, value_name = "BOOL")]
+    pub plugin_allow_wasi_grants: Option<bool>,
 }
 
 impl ConfigOverrides {
@@ -314,6 +317,9 @@ impl ConfigOverrides {
         }
         if let Some(n) = self.plugin_instances_per_plugin {
             p.instances_per_plugin = n;
+        }
+        if let Some(allow) = self.plugin_allow_wasi_grants {
+            p.allow_wasi_grants = allow;
         }
     }
 }

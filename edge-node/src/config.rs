@@ -191,6 +191,11 @@ pub struct PluginsConfig {
     pub memory_guard_kb: u32,
     /// Instances of one plugin that may run at once (calls beyond wait).
     pub instances_per_plugin: u32,
+    /// Whether `plugin add` may give a plugin `wasi.*` grants (host
+    /// directories, environment variables, socket addresses). Off by
+    /// default: whoever can reach the node can add a plugin, so only the
+    /// operator may open the host to plugins.
+    pub allow_wasi_grants: bool,
 }
 
 impl Default for PluginsConfig {
@@ -204,6 +209,7 @@ impl Default for PluginsConfig {
             memory_reservation_mb: 0,
             memory_guard_kb: 0,
             instances_per_plugin: PLUGIN_INSTANCES_DEFAULT,
+            allow_wasi_grants: false,
         }
     }
 }

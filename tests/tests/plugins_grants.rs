@@ -17,6 +17,8 @@ use eddy_tests::{Node, plugin_wasm};
 /// Generous call timeout and no disabling: every case below may fail its
 /// calls as often as it likes.
 const FLAGS: &[&str] = &[
+    "--plugin-allow-wasi-grants",
+    "true",
     "--plugin-call-timeout-ms",
     "10000",
     "--plugin-failures-before-disable",
@@ -91,6 +93,40 @@ async fn expect_plugin_failure(client: &Client, topic: &str) -> String {
         .expect_err("the plugin's call fails");
     assert_eq!(err.code(), Some(ErrorCode::PluginFailed), "{topic}: {err}");
     err.to_string()
+}
+
+#[test]
+fn a_node_gives_no_grants_unless_its_operator_allows_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let granted = dir.path().join("granted");
+    std::fs::create_dir(&granted).expect("mkdir");
+    let node = Node::start(&dir.path().join("data"), dir.path(), &FLAGS[2..]);
+    let client = node.client();
+    smol::block_on(async {
+        let bytes = std::fs::read(plugin_wasm("misbehave")).expect("read plugin");
+        let grants = [
+            ("wasi.dirs", path_str(&granted)),
+            ("wasi.dirs.rw", path_str(&granted)),
+            ("wasi.env", "PATH"),
+            ("wasi.network", "127.0.0.1:1"),
+        ];
+        for (key, value) in grants {
+            let err = client
+                .plugin_add("granted", &bytes, kv(&[("mode", "env"), (key, value)]))
+                .await
+                .expect_err("no grants without allow-wasi-grants");
+            assert_eq!(err.code(), Some(ErrorCode::InvalidConfig), "{key}: {err}");
+            assert!(err.to_string().contains("allow-wasi-grants"), "{err}");
+        }
+        let listed = client.plugin_list().await.expect("plugin list");
+        assert!(listed.is_empty(), "nothing installed: {listed:?}");
+        // Without grants a plugin is installed as before.
+        install(&client, "plain", &[("mode", "env")]).await;
+        assert_eq!(client.plugin_list().await.expect("plugin list").len(), 1);
+    });
+    smol::block_on(client.close());
+    let (status, log) = node.stop();
+    assert!(status.success(), "{log}");
 }
 
 #[test]

@@ -159,8 +159,15 @@ fn main() -> ExitCode {
 
 /// The workspace root: xtask's manifest sits one level below it.
 fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+    // `cargo run` says where xtask is now; the path it was built at may be
+    // another clone's that shared the target directory (and is gone).
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or(manifest_dir)
 }
 
 /// The cargo that runs us (so a `+toolchain` choice carries through).

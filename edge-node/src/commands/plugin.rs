@@ -36,7 +36,8 @@ pub enum PluginCommand {
         /// Reserved keys grant WASI access: `wasi.env=NAME,...` (variables
         /// of the node's environment), `wasi.dirs=HOST[:GUEST],...`
         /// (read-only directories), `wasi.dirs.rw=...` (read-write),
-        /// `wasi.network=IP:PORT,...` (the only socket addresses it may use).
+        /// `wasi.network=IP:PORT,...` (the only socket addresses it may use);
+        /// the node must allow grants (`[plugins] allow-wasi-grants`).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_name_value)]
         configs: Vec<(String, String)>,
     },

@@ -616,6 +616,18 @@ impl PluginHost {
             let storage = |m: String| BrokerError::new(ErrorCode::KafkaStorageError, m);
             let grants = Grants::from_config(&config)
                 .map_err(|e| bad(format!("plugin {name_owned}: {e}; nothing was installed")))?;
+            if !grants.is_empty() && !host.config.allow_wasi_grants {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "plugin {name_owned} asks for wasi.* grants, and this node gives \
+                         plugins no host directories, environment or network; nothing was \
+                         installed. The operator allows grants with `[plugins] \
+                         allow-wasi-grants = true` (or --plugin-allow-wasi-grants true) on \
+                         the node"
+                    ),
+                ));
+            }
             let sha256 = registry::sha256_hex(&wasm);
             let component = host.component(&sha256, &wasm).map_err(bad)?;
             let kind = kind_of(&host.engine, &component).map_err(bad)?;
