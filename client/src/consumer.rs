@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eddy_core::batch::{BatchError, BatchIter, RecordHeader, TimestampType};
+use eddy_core::batch::{BatchError, BatchIter, RecordHeader, RecordIter, TimestampType};
 
 use crate::connection::{Client, ClientError, with_timeout};
 use crate::protocol::{ErrorCode, OffsetSpec, PROTOCOL_VERSION, Request, RequestHeader, Response};
@@ -74,7 +74,9 @@ pub struct ConsumerConfig {
     /// Wait before fetching a partition again after a retriable error
     /// (`retry.backoff.ms`, 100).
     pub retry_backoff_ms: u32,
-    /// Largest decompressed records section of one batch accepted (64 MiB).
+    /// Largest decompressed records section of one batch accepted, and
+    /// most records bytes one fetch response is decoded into (64 MiB): a
+    /// response whose batches expand beyond it is taken a part at a time.
     pub decompressed_batch_bytes_max: u32,
     /// The consumer group (`group.id`): needed by [`Consumer::subscribe`] and
     /// to commit offsets. `None` by default.
@@ -850,9 +852,13 @@ async fn fetch(
             &payload,
             limits.decompressed_bytes_max,
         )
-        .map(|(records, decoded_next)| Fetched {
-            records,
-            next_offset: next_offset.max(decoded_next),
+        .map(|decoded| Fetched {
+            next_offset: if decoded.stopped_early {
+                decoded.next_offset
+            } else {
+                next_offset.max(decoded.next_offset)
+            },
+            records: decoded.records,
         }),
         Ok((other, _)) => Err(ConsumeError::Client(client.unexpected("Fetch", &other))),
         Err(e) => Err(ConsumeError::Client(e)),
@@ -861,18 +867,34 @@ async fn fetch(
     let _ = outcomes.send(FetchOutcome { id, result }).await;
 }
 
+/// The records a fetch response decoded into.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub(crate) records: Vec<ConsumerRecord>,
+    /// Where the next fetch starts.
+    pub(crate) next_offset: u64,
+    /// Whether decoding stopped before the end of the response (at
+    /// `next_offset`), which the node's own next offset must not skip.
+    pub(crate) stopped_early: bool,
+}
+
 /// Decodes the batches of a fetch response: the records at or after `offset`, and
 /// the offset after the last batch (at least `offset`).
 ///
 /// A partial batch at the end is ignored (the next fetch starts before it); a
 /// response that starts with one, or any bad batch, is corrupt.
+///
+/// The records taken hold at most `decompressed_bytes_max` bytes of records
+/// sections, whatever the batches claim: once some are taken, decoding stops
+/// before a batch that would go past it (or that fails to decode), and the
+/// next fetch starts there. Only a first batch alone over it is an error.
 pub(crate) fn decode_fetch(
     topic: &Arc<str>,
     partition: u32,
     offset: u64,
     payload: &[u8],
     decompressed_bytes_max: usize,
-) -> Result<(Vec<ConsumerRecord>, u64), ConsumeError> {
+) -> Result<Decoded, ConsumeError> {
     let corrupt = |reason: BatchError| ConsumeError::Corrupt {
         topic: topic.to_string(),
         partition,
@@ -882,6 +904,7 @@ pub(crate) fn decode_fetch(
     let mut records = Vec::new();
     let mut next = offset;
     let mut seen_batch = false;
+    let mut decoded_bytes = 0usize;
     for batch in BatchIter::new(payload) {
         let batch = match batch {
             Ok(batch) => batch,
@@ -890,12 +913,43 @@ pub(crate) fn decode_fetch(
         };
         seen_batch = true;
         let header = &batch.header;
-        next = next.max(header.next_offset());
         if header.next_offset() <= offset || header.attributes.is_control() {
+            next = next.max(header.next_offset());
             continue;
         }
+        // What the records taken so far leave (all of it while none are).
+        let room = if records.is_empty() {
+            decompressed_bytes_max
+        } else {
+            decompressed_bytes_max.saturating_sub(decoded_bytes)
+        };
+        let decoded = batch.decompressed(room).and_then(|section| {
+            if section.len() > room {
+                // An uncompressed section is not bounded by decompressing.
+                return Err(BatchError::Invalid(
+                    "the batch's records go past the fetch's decoding bound",
+                ));
+            }
+            let taken = RecordIter::new(&section, header)
+                .map(|r| r.map(|r| r.to_record()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((section.len(), taken))
+        });
+        let (section_len, taken) = match decoded {
+            Ok(decoded) => decoded,
+            Err(_) if !records.is_empty() => {
+                return Ok(Decoded {
+                    records,
+                    next_offset: next.max(header.base_offset),
+                    stopped_early: true,
+                });
+            }
+            Err(e) => return Err(corrupt(e)),
+        };
+        decoded_bytes = decoded_bytes.saturating_add(section_len);
+        next = next.max(header.next_offset());
         let timestamp_type = header.attributes.timestamp_type();
-        for record in batch.records(decompressed_bytes_max).map_err(corrupt)? {
+        for record in taken {
             let record_offset = batch.record_offset(record.offset_delta);
             if record_offset < offset {
                 continue;
@@ -912,7 +966,11 @@ pub(crate) fn decode_fetch(
             });
         }
     }
-    Ok((records, next))
+    Ok(Decoded {
+        records,
+        next_offset: next,
+        stopped_early: false,
+    })
 }
 
 #[cfg(test)]
@@ -944,7 +1002,11 @@ mod tests {
         let topic: Arc<str> = Arc::from("t");
         let mut payload = batch(10, 5, Compression::None);
         payload.extend(batch(15, 5, Compression::Lz4));
-        let (records, next) = decode_fetch(&topic, 0, 13, &payload, 1 << 20).expect("decodes");
+        let Decoded {
+            records,
+            next_offset: next,
+            ..
+        } = decode_fetch(&topic, 0, 13, &payload, 1 << 20).expect("decodes");
         let offsets: Vec<u64> = records.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, vec![13, 14, 15, 16, 17, 18, 19]);
         assert_eq!(next, 20);
@@ -959,7 +1021,11 @@ mod tests {
         let mut payload = batch(0, 3, Compression::None);
         let second = batch(3, 3, Compression::None);
         payload.extend_from_slice(&second[..second.len() - 5]);
-        let (records, next) = decode_fetch(&topic, 0, 0, &payload, 1 << 20).expect("decodes");
+        let Decoded {
+            records,
+            next_offset: next,
+            ..
+        } = decode_fetch(&topic, 0, 0, &payload, 1 << 20).expect("decodes");
         assert_eq!(records.len(), 3);
         assert_eq!(next, 3);
     }
@@ -980,9 +1046,58 @@ mod tests {
     }
 
     #[test]
+    fn a_fetch_decodes_into_a_bounded_number_of_bytes() {
+        // Batches of 1000 records of 4 KiB of zeros: 4 MiB each once
+        // decompressed, a few KiB as sent.
+        let big = |base: u64| {
+            let mut b = BatchBuilder::new(BatchOptions {
+                base_offset: base,
+                compression: Compression::Zstd,
+                ..BatchOptions::default()
+            });
+            for _ in 0..1000 {
+                b.push(1000, None, Some(&[0u8; 4096][..]), &[])
+                    .expect("push");
+            }
+            b.build().expect("build")
+        };
+        let topic: Arc<str> = Arc::from("t");
+        let mut payload = Vec::new();
+        for base in [0, 1000, 2000, 3000] {
+            payload.extend(big(base));
+        }
+        assert!(payload.len() < 1 << 20, "{} bytes", payload.len());
+        // A bound of 10 MiB takes two batches, then the next fetch starts at
+        // the third.
+        let bound = 10 << 20;
+        let decoded = decode_fetch(&topic, 0, 0, &payload, bound).expect("decodes");
+        assert_eq!(decoded.records.len(), 2000);
+        assert!(decoded.stopped_early);
+        assert_eq!(decoded.next_offset, 2000);
+        let held: usize = decoded
+            .records
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, |v| v.len()))
+            .sum();
+        assert!(held <= bound, "{held} bytes held");
+        // From there, the rest.
+        let rest = decode_fetch(&topic, 0, 2000, &payload, bound).expect("decodes");
+        assert_eq!(rest.records.len(), 2000);
+        assert!(!rest.stopped_early);
+        assert_eq!(rest.next_offset, 4000);
+        // A first batch alone over the bound is an error, not a stall.
+        let error = decode_fetch(&topic, 0, 0, &payload, 1 << 20).expect_err("over");
+        assert!(matches!(error, ConsumeError::Corrupt { .. }), "{error}");
+    }
+
+    #[test]
     fn an_empty_fetch_keeps_the_offset() {
         let topic: Arc<str> = Arc::from("t");
-        let (records, next) = decode_fetch(&topic, 0, 42, &[], 1 << 20).expect("empty");
+        let Decoded {
+            records,
+            next_offset: next,
+            ..
+        } = decode_fetch(&topic, 0, 42, &[], 1 << 20).expect("empty");
         assert!(records.is_empty());
         assert_eq!(next, 42);
     }
