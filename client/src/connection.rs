@@ -29,9 +29,10 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use crate::protocol::{
-    ALPN, ConfigChange, ErrorBody, ErrorCode, HEADER_BYTES_MAX, LENGTH_PREFIX_BYTES, NodeInfo,
-    OffsetSpec, PROTOCOL_VERSION, PartitionInfo, Request, RequestHeader, Response, ResponseHeader,
-    TopicMetadata, decode_header, decode_header_len, encode_header,
+    ALPN, ConfigChange, ErrorBody, ErrorCode, LENGTH_PREFIX_BYTES, NodeInfo, OffsetSpec,
+    PROTOCOL_VERSION, PartitionInfo, RESPONSE_HEADER_BYTES_MAX, Request, RequestHeader, Response,
+    ResponseHeader, SMALL_HEADER_BYTES_MAX, TopicMetadata, decode_header, decode_header_len,
+    encode_header,
 };
 
 /// Default `host:port` of a node on this machine.
@@ -104,7 +105,7 @@ const CLOSE_CODE_NORMAL: u32 = 0;
 const CLOSE_CODE_TIMEOUT: u32 = 1;
 
 const _: () = assert!(STREAM_RECEIVE_WINDOW_BYTES <= RECEIVE_WINDOW_BYTES);
-const _: () = assert!(HEADER_BYTES_MAX as usize <= RESPONSE_BYTES_MAX_DEFAULT as usize);
+const _: () = assert!(RESPONSE_HEADER_BYTES_MAX as usize <= RESPONSE_BYTES_MAX_DEFAULT as usize);
 
 /// How to reach a node. Build with [`ClientOptions::new`] or struct update syntax
 /// over [`Default`], then check with [`ClientOptions::validate`] (done by
@@ -213,9 +214,9 @@ impl ClientOptions {
                 self.keep_alive_interval_ms, self.idle_timeout_ms
             )));
         }
-        if self.response_bytes_max < HEADER_BYTES_MAX {
+        if self.response_bytes_max < SMALL_HEADER_BYTES_MAX {
             return Err(ClientError::Config(format!(
-                "response_bytes_max ({}) is below the header limit ({HEADER_BYTES_MAX})",
+                "response_bytes_max ({}) is below {SMALL_HEADER_BYTES_MAX}",
                 self.response_bytes_max
             )));
         }
@@ -1455,7 +1456,7 @@ async fn read_response(
     };
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
     recv.read_exact(&mut prefix).await.map_err(read_error)?;
-    let len = decode_header_len(prefix).map_err(|e| protocol(e.to_string()))?;
+    let len = decode_header_len::<ResponseHeader>(prefix).map_err(|e| protocol(e.to_string()))?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(read_error)?;
     let header: ResponseHeader = decode_header(&body).map_err(|e| protocol(e.to_string()))?;

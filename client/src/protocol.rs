@@ -24,8 +24,16 @@ pub const ALPN: &[u8] = b"eddy/1";
 /// Version of the message set below. A node answers an unknown version with
 /// [`ErrorCode::UnsupportedVersion`].
 pub const PROTOCOL_VERSION: u16 = 1;
-/// Largest postcard header either side accepts.
-pub const HEADER_BYTES_MAX: u32 = 64 * 1024;
+/// Largest postcard header of a request a node accepts (a cooperative
+/// re-join or an offset commit naming a thousand partitions fits).
+pub const REQUEST_HEADER_BYTES_MAX: u32 = 256 * 1024;
+/// Largest postcard header of a response a client accepts (a group's
+/// assignments, the metadata of many partitions).
+pub const RESPONSE_HEADER_BYTES_MAX: u32 = 4 * 1024 * 1024;
+/// Up to this size a node reads a request header without counting it
+/// against its request memory budget (the limit of protocol version 1's
+/// first nodes, which every header then fitted).
+pub const SMALL_HEADER_BYTES_MAX: u32 = 64 * 1024;
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// Default UDP port of a node.
@@ -868,14 +876,32 @@ pub enum FrameError {
     Malformed(String),
 }
 
+/// A frame's header: a request's or a response's, each with its own limit.
+pub trait Header {
+    /// Largest encoded size accepted.
+    const BYTES_MAX: u32;
+    /// What it is, for errors.
+    const WHAT: &'static str;
+}
+
+impl Header for RequestHeader {
+    const BYTES_MAX: u32 = REQUEST_HEADER_BYTES_MAX;
+    const WHAT: &'static str = "request header";
+}
+
+impl Header for ResponseHeader {
+    const BYTES_MAX: u32 = RESPONSE_HEADER_BYTES_MAX;
+    const WHAT: &'static str = "response header";
+}
+
 /// Encodes a frame's header part (length prefix + postcard); the payload follows.
-pub fn encode_header<T: Serialize>(header: &T) -> Result<Vec<u8>, FrameError> {
+pub fn encode_header<T: Serialize + Header>(header: &T) -> Result<Vec<u8>, FrameError> {
     let body = postcard::to_allocvec(header).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    if body.len() > HEADER_BYTES_MAX as usize {
+    if body.len() > T::BYTES_MAX as usize {
         return Err(FrameError::TooLarge {
-            what: "header",
+            what: T::WHAT,
             len: body.len() as u64,
-            limit: HEADER_BYTES_MAX as u64,
+            limit: u64::from(T::BYTES_MAX),
         });
     }
     let mut out = Vec::with_capacity(LENGTH_PREFIX_BYTES + body.len());
@@ -884,14 +910,17 @@ pub fn encode_header<T: Serialize>(header: &T) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
-/// Reads the header length from the first 4 bytes and checks it against the limit.
-pub fn decode_header_len(prefix: [u8; LENGTH_PREFIX_BYTES]) -> Result<usize, FrameError> {
+/// Reads the length of a `T` header from the first 4 bytes and checks it
+/// against `T`'s limit.
+pub fn decode_header_len<T: Header>(
+    prefix: [u8; LENGTH_PREFIX_BYTES],
+) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(prefix);
-    if len > HEADER_BYTES_MAX {
+    if len > T::BYTES_MAX {
         return Err(FrameError::TooLarge {
-            what: "header",
-            len: len as u64,
-            limit: HEADER_BYTES_MAX as u64,
+            what: T::WHAT,
+            len: u64::from(len),
+            limit: u64::from(T::BYTES_MAX),
         });
     }
     Ok(len as usize)
@@ -903,7 +932,9 @@ pub fn decode_header<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameE
 }
 
 /// Splits a complete frame (prefix + header + payload) into the header and payload.
-pub fn split_frame<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<(T, &'a [u8]), FrameError> {
+pub fn split_frame<'a, T: Deserialize<'a> + Header>(
+    frame: &'a [u8],
+) -> Result<(T, &'a [u8]), FrameError> {
     if frame.len() < LENGTH_PREFIX_BYTES {
         return Err(FrameError::Truncated {
             needed: LENGTH_PREFIX_BYTES,
@@ -912,7 +943,7 @@ pub fn split_frame<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<(T, &'a [u
     }
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
     prefix.copy_from_slice(&frame[..LENGTH_PREFIX_BYTES]);
-    let len = decode_header_len(prefix)?;
+    let len = decode_header_len::<T>(prefix)?;
     let end = LENGTH_PREFIX_BYTES + len;
     if frame.len() < end {
         return Err(FrameError::Truncated {
@@ -961,7 +992,7 @@ mod tests {
     #[test]
     fn bad_frames_are_errors_not_panics() {
         assert!(matches!(
-            decode_header_len((HEADER_BYTES_MAX + 1).to_be_bytes()),
+            decode_header_len::<RequestHeader>((REQUEST_HEADER_BYTES_MAX + 1).to_be_bytes()),
             Err(FrameError::TooLarge { .. })
         ));
         assert!(matches!(

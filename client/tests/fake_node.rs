@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eddy_client::protocol::{
-    ALPN, Acks, ErrorBody, ErrorCode, HEADER_BYTES_MAX, OffsetSpec, Request, RequestHeader,
+    ALPN, Acks, ErrorBody, ErrorCode, OffsetSpec, REQUEST_HEADER_BYTES_MAX, Request, RequestHeader,
     Response, ResponseHeader, TopicMetadata, decode_header_len, encode_header,
 };
 use eddy_client::{
@@ -157,10 +157,10 @@ async fn serve_stream(
     let Some(prefix) = frame.first_chunk::<4>() else {
         return;
     };
-    let Ok(len) = decode_header_len(*prefix) else {
+    let Ok(len) = decode_header_len::<RequestHeader>(*prefix) else {
         return;
     };
-    assert!(len <= HEADER_BYTES_MAX as usize);
+    assert!(len <= REQUEST_HEADER_BYTES_MAX as usize);
     let Some(body) = frame.get(4..4 + len) else {
         return;
     };

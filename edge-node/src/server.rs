@@ -2,7 +2,9 @@
 //! stream, hands it to the [`Broker`] and writes the answer.
 //!
 //! Per stream: a `u32` header length (checked against
-//! [`protocol::HEADER_BYTES_MAX`] before anything is allocated), the postcard
+//! [`protocol::REQUEST_HEADER_BYTES_MAX`] before anything is allocated, and
+//! over [`protocol::SMALL_HEADER_BYTES_MAX`] counted against
+//! `queued-max-request-bytes`), the postcard
 //! header, then the payload to the end of the stream (at most
 //! `max-request-bytes` for Produce, nothing for other requests). The answer is
 //! one frame, then the stream is finished; a Produce with `acks = 0` gets no
@@ -80,7 +82,8 @@ pub const CLOSE_PROTOCOL_VIOLATION: u32 = 1;
 pub const STOP_REQUEST_REFUSED: u32 = 1;
 
 const _: () = assert!(STREAM_RECEIVE_WINDOW_BYTES <= RECEIVE_WINDOW_BYTES);
-const _: () = assert!(protocol::HEADER_BYTES_MAX as u64 <= STREAM_RECEIVE_WINDOW_BYTES as u64);
+const _: () =
+    assert!(protocol::REQUEST_HEADER_BYTES_MAX as u64 <= STREAM_RECEIVE_WINDOW_BYTES as u64);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -499,13 +502,21 @@ async fn read_request(
 ) -> Result<(RequestHeader, Vec<u8>, Reservation), ReadProblem> {
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
     until_stalled(read_exact(recv, &mut prefix, "length prefix")).await?;
-    let len = protocol::decode_header_len(prefix).map_err(|e| {
+    let len = protocol::decode_header_len::<RequestHeader>(prefix).map_err(|e| {
         bad(
             ErrorCode::InvalidRequest,
             format!("{e}; is this an eddy/1 client?"),
             true,
         )
     })?;
+    // A large header (a group request naming many partitions) is held
+    // against the budget while it is read and decoded, as a payload is.
+    let mut header_memory = budget.reservation("queued-max-request-bytes");
+    if len > protocol::SMALL_HEADER_BYTES_MAX as usize {
+        header_memory
+            .grow_to(len as u64, Duration::from_millis(BUDGET_WAIT_MS_MAX))
+            .await?;
+    }
     let mut body = vec![0u8; len];
     until_stalled(read_exact(recv, &mut body, "request header")).await?;
     // The version comes first, so a newer client gets UnsupportedVersion even
@@ -702,7 +713,7 @@ async fn serve_stream(
                 code: ErrorCode::ThrottlingQuotaExceeded,
                 message,
             });
-            write_response(&mut send, &header, Vec::new()).await;
+            write_response(&mut send, "the request", &header, Vec::new()).await;
             return;
         }
         Err(ReadProblem::Bad {
@@ -715,7 +726,7 @@ async fn serve_stream(
             }
             let over = problems.report(code, &message);
             let header = ResponseHeader::Error(ErrorBody { code, message });
-            write_response(&mut send, &header, Vec::new()).await;
+            write_response(&mut send, "the request", &header, Vec::new()).await;
             if over {
                 warn!(
                     "closing the connection from {}: over {PROBLEMS_PER_CONNECTION_MAX} bad requests",
@@ -790,7 +801,7 @@ async fn serve_stream(
                     code: ErrorCode::ThrottlingQuotaExceeded,
                     message: e.to_string(),
                 });
-                write_response(&mut send, &header, Vec::new()).await;
+                write_response(&mut send, name, &header, Vec::new()).await;
                 return;
             }
         }
@@ -812,21 +823,28 @@ async fn serve_stream(
             problems.remote, e.code, e.message
         );
     }
-    write_response(&mut send, &response, payload).await;
+    write_response(&mut send, name, &response, payload).await;
 }
 
 /// Writes `header` and `payload` to `send` and finishes it. Both are handed
 /// to quinn as they are (no copy into its send buffer; it skips an empty
 /// payload).
-async fn write_response(send: &mut quinn::SendStream, header: &ResponseHeader, payload: Vec<u8>) {
+async fn write_response(
+    send: &mut quinn::SendStream,
+    name: &str,
+    header: &ResponseHeader,
+    payload: Vec<u8>,
+) {
     let (frame, payload) = match protocol::encode_header(header) {
         Ok(frame) => (frame, payload),
         Err(e) => {
-            // Only a huge answer (metadata of very many topics) can fail here.
+            // Only a huge answer (the metadata of very many partitions, a
+            // group of very many members and partitions) can fail here.
             let fallback = ResponseHeader::Error(ErrorBody {
                 code: ErrorCode::UnknownServerError,
                 message: format!(
-                    "the answer does not fit in a response header ({e}); ask for fewer topics"
+                    "the node's answer to {name} is too large to send ({e}); ask about fewer \
+                     topics or partitions at once"
                 ),
             });
             match protocol::encode_header(&fallback) {
@@ -1182,14 +1200,17 @@ mod tests {
         bytes
     }
 
+    fn split_owned(raw: &[u8]) -> (ResponseHeader, Vec<u8>) {
+        let (header, payload): (ResponseHeader, &[u8]) = split_frame(raw).expect("frame");
+        (header, payload.to_vec())
+    }
+
     async fn call(
         conn: &quinn::Connection,
         request: Request,
         payload: &[u8],
     ) -> (ResponseHeader, Vec<u8>) {
-        let raw = exchange(conn, &frame(PROTOCOL_VERSION, request, payload)).await;
-        let (header, payload): (ResponseHeader, &[u8]) = split_frame(&raw).expect("frame");
-        (header, payload.to_vec())
+        split_owned(&exchange(conn, &frame(PROTOCOL_VERSION, request, payload)).await)
     }
 
     /// Polls `condition` every 10 ms until it holds or `timeout` passes.
@@ -1393,6 +1414,64 @@ mod tests {
             })
             .await;
             assert!(freed, "still held: {}", server.queued_request_bytes());
+        });
+        node.stop();
+    }
+
+    #[test]
+    fn group_requests_and_answers_larger_than_64_kib_go_through() {
+        let node = Node::start(|_| {});
+        let client = node.client();
+        node.rt.block_on(async {
+            let conn = connect(&client, node.addr()).await;
+            let (h, _) = call(
+                &conn,
+                Request::CreateTopic {
+                    name: "t".into(),
+                    partitions: 32,
+                    replication_factor: 1,
+                    configs: vec![],
+                },
+                &[],
+            )
+            .await;
+            assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+            // A commit of 32 offsets with 4000 bytes of metadata each: a
+            // request header of about 128 KiB.
+            let metadata = "m".repeat(4000);
+            let offsets: Vec<eddy_client::protocol::CommitOffset> = (0..32)
+                .map(|partition| eddy_client::protocol::CommitOffset {
+                    topic: "t".into(),
+                    partition,
+                    offset: u64::from(partition) + 1,
+                    metadata: metadata.clone(),
+                })
+                .collect();
+            let commit = Request::OffsetCommit {
+                group: "g".into(),
+                member_id: String::new(),
+                generation: -1,
+                offsets,
+            };
+            let request = frame(PROTOCOL_VERSION, commit, &[]);
+            assert!(request.len() > protocol::SMALL_HEADER_BYTES_MAX as usize);
+            let (h, _) = split_owned(&exchange(&conn, &request).await);
+            assert_eq!(h, ResponseHeader::Ok(Response::OffsetCommit));
+            // The answer naming them all is as large.
+            let (h, _) = call(
+                &conn,
+                Request::OffsetFetch {
+                    group: "g".into(),
+                    partitions: None,
+                },
+                &[],
+            )
+            .await;
+            let ResponseHeader::Ok(Response::OffsetFetch { offsets }) = h else {
+                panic!("{h:?}");
+            };
+            assert_eq!(offsets.len(), 32);
+            assert!(offsets.iter().all(|o| o.metadata == metadata));
         });
         node.stop();
     }
@@ -1623,7 +1702,9 @@ mod tests {
                 ("no prefix", vec![0, 0], ErrorCode::InvalidRequest),
                 (
                     "header over the limit",
-                    (protocol::HEADER_BYTES_MAX + 1).to_be_bytes().to_vec(),
+                    (protocol::REQUEST_HEADER_BYTES_MAX + 1)
+                        .to_be_bytes()
+                        .to_vec(),
                     ErrorCode::InvalidRequest,
                 ),
                 // version 1, then request variant 200 (a postcard varint).
