@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batch::header::{self, BatchHeader, HEADER_LEN};
-use crate::batch::{BatchError, TimestampType};
+use crate::batch::record::RECORD_BYTES_MIN;
+use crate::batch::{Batch, BatchError, Compression, TimestampType, check_record_section};
 use crate::checkpoint;
+use crate::compaction::DECOMPRESSED_BATCH_BYTES_MAX;
 use crate::config::LogConfig;
 use crate::layout::{self, FileKind, FileState, SegmentFile};
 use crate::retention::{self, SegmentSummary};
@@ -1090,10 +1092,34 @@ pub struct Validated {
     pub bytes: u64,
 }
 
+/// How many times `max.message.bytes` the records of one produced compressed batch
+/// may take once decompressed (see [`produce_decompressed_bytes_max`]).
+pub const PRODUCE_EXPANSION_MAX: u64 = 64;
+
+/// The most bytes the records of one produced compressed batch may decompress to:
+/// [`PRODUCE_EXPANSION_MAX`] × `max_message_bytes`, and never more than
+/// [`DECOMPRESSED_BATCH_BYTES_MAX`], the most consumers' and compaction's decoders
+/// take (a larger batch could be stored but never read back).
+pub fn produce_decompressed_bytes_max(max_message_bytes: u64) -> usize {
+    let bound = max_message_bytes
+        .saturating_mul(PRODUCE_EXPANSION_MAX)
+        .min(DECOMPRESSED_BATCH_BYTES_MAX as u64);
+    usize::try_from(bound).unwrap_or(DECOMPRESSED_BATCH_BYTES_MAX)
+}
+
 /// Checks a produce request's batches without touching a log: each is whole, at
-/// most `max_message_bytes`, passes its CRC, and holds records 0..n-1 (n ≥ 1); no
-/// control batches. Needs no lock, so servers run it before queueing an append.
+/// most `max_message_bytes`, passes its CRC, names a codec this build decodes, and
+/// holds records 0..n-1 (n ≥ 1), every one of which parses, with nothing after the
+/// last; no control batches. Compressed batches are decompressed to check their
+/// records, up to [`produce_decompressed_bytes_max`] bytes each. Needs no lock, so
+/// servers run it before queueing an append.
+///
+/// Every record is walked as Kafka's `LogValidator` does: a batch whose header
+/// promises records its bytes do not hold would otherwise take offsets it has no
+/// records for (up to 2³¹ per 61-byte batch) and be served to every consumer as
+/// corrupt.
 pub fn validate_produce(batches: &[u8], max_message_bytes: u64) -> Result<Validated, LogError> {
+    let decompressed_bytes_max = produce_decompressed_bytes_max(max_message_bytes);
     let mut pos = 0usize;
     let mut v = Validated {
         batches: 0,
@@ -1116,6 +1142,13 @@ pub fn validate_produce(batches: &[u8], max_message_bytes: u64) -> Result<Valida
         if h.attributes.is_control() {
             return Err(BatchError::Invalid("producers may not send control batches").into());
         }
+        check_records(
+            &Batch {
+                header: h,
+                bytes: &batches[pos..end],
+            },
+            decompressed_bytes_max,
+        )?;
         v.batches += 1;
         v.records += h.record_count as u64;
         pos = end;
@@ -1124,6 +1157,45 @@ pub fn validate_produce(batches: &[u8], max_message_bytes: u64) -> Result<Valida
         return Err(BatchError::Invalid("no record batch in the request").into());
     }
     Ok(v)
+}
+
+/// Walks every record of a produced batch whose header and CRC passed: each parses
+/// to its last byte, offset deltas are 0, 1, .., n-1 (the header's last offset delta
+/// is n-1), there are exactly `record_count` of them and no bytes after the last.
+/// A compressed batch is decompressed first, to at most `decompressed_bytes_max`.
+///
+/// Nothing is allocated per record ([`check_record_section`] only walks the
+/// varints); an uncompressed batch is checked where it lies.
+fn check_records(batch: &Batch<'_>, decompressed_bytes_max: usize) -> Result<(), BatchError> {
+    let h = &batch.header;
+    let codec = batch.compression()?;
+    // Every record takes at least RECORD_BYTES_MIN bytes: a count the records
+    // cannot fit is refused before anything is decompressed or walked.
+    let count = h.record_count as usize;
+    match codec {
+        Compression::None if count > batch.records_section().len() / RECORD_BYTES_MIN => {
+            return Err(BatchError::Corrupt(
+                "record count is more than the batch's bytes can hold",
+            ));
+        }
+        Compression::None => {}
+        _ if count > decompressed_bytes_max / RECORD_BYTES_MIN => {
+            return Err(BatchError::Corrupt(
+                "record count is more than a produced batch may hold decompressed",
+            ));
+        }
+        _ => {}
+    }
+    let section = batch
+        .decompressed(decompressed_bytes_max)
+        .map_err(|e| match e {
+            BatchError::TooLarge { .. } => BatchError::ExpandsTooFar {
+                codec: codec.name(),
+                limit: decompressed_bytes_max as u64,
+            },
+            e => e,
+        })?;
+    check_record_section(&section, h)
 }
 
 /// The length of the batch at the start of `rest`, checked to lie within `rest`.

@@ -16,7 +16,7 @@ pub mod record;
 pub mod varint;
 
 pub use builder::{BatchBuilder, BatchOptions, SliceBatchBuilder};
-pub use decode::{Batch, BatchIter, RecordIter};
+pub use decode::{Batch, BatchIter, RecordIter, check_record_section};
 pub use header::{Attributes, BatchHeader, TimestampType};
 pub use record::{HeaderRef, Record, RecordHeader, RecordRef};
 
@@ -130,6 +130,18 @@ pub enum BatchError {
         /// Its size.
         actual: u64,
         /// The limit.
+        limit: u64,
+    },
+    /// A produced compressed batch decompresses to more than a broker accepts
+    /// (see `eddy_core::log::produce_decompressed_bytes_max`).
+    #[error(
+        "{codec}-compressed batch expands beyond {limit} bytes, the most a produced batch \
+         may decompress to (64 × max.message.bytes, at most 64 MiB); send smaller batches"
+    )]
+    ExpandsTooFar {
+        /// Codec name.
+        codec: &'static str,
+        /// Bytes the records could take decompressed.
         limit: u64,
     },
     /// Any other structural problem.
