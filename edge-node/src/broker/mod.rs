@@ -561,7 +561,9 @@ impl Broker {
         let count = t.partitions.len() as u32;
         let index = match partition {
             Some(p) => p,
-            None => self.choose_partition(topic, &batches, count)?,
+            None => {
+                self.choose_partition(topic, &batches, count, t.log_config.max_message_bytes)?
+            }
         };
         let queued = self
             .queue_to(&t, topic, index, acks, batches, turn.as_ref())
@@ -721,17 +723,22 @@ impl Broker {
             )
         })?;
         let count = t.partitions.len() as u32;
-        let index = self.choose_partition(dead_letter, &batch, count)?;
+        let index =
+            self.choose_partition(dead_letter, &batch, count, t.log_config.max_message_bytes)?;
         self.append_to(&t, dead_letter, index, Acks::Leader, 0, batch)
             .await
             .map(|_| ())
     }
 
+    /// The partition of a produce that names none: the first record's key
+    /// hashed, or round robin. Decompresses the first batch no further than
+    /// its validation will ([`eddy_core::log::produce_decompressed_bytes_max`]).
     fn choose_partition(
         &self,
         topic: &str,
         batches: &[u8],
         partitions: u32,
+        max_message_bytes: u64,
     ) -> Result<u32, BrokerError> {
         if partitions == 0 {
             return Err(unknown_topic(topic));
@@ -744,7 +751,9 @@ impl Broker {
         };
         let (batch, _) = Batch::parse(batches).map_err(corrupt)?;
         let section = batch
-            .decompressed(DECOMPRESSED_BATCH_BYTES_MAX)
+            .decompressed(eddy_core::log::produce_decompressed_bytes_max(
+                max_message_bytes,
+            ))
             .map_err(corrupt)?;
         let key = match RecordIter::new(&section, &batch.header).next() {
             Some(Ok(record)) => record
