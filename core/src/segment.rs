@@ -342,6 +342,11 @@ impl Segment {
         last_offset: u64,
         now_ms: i64,
     ) -> bool {
+        // Even an empty segment cannot take offsets its 32-bit relative offsets do
+        // not reach (a follower's batch far past it): it is replaced at the batch.
+        if last_offset - self.base > u32::MAX as u64 {
+            return true;
+        }
         if self.size == 0 {
             return false;
         }
@@ -350,7 +355,6 @@ impl Segment {
             || now_ms.saturating_sub(base_ms) >= config.segment_ms.min(i64::MAX as u64) as i64
             || self.offset_index.is_full()
             || self.time_index.is_full()
-            || last_offset - self.base > u32::MAX as u64
     }
 
     /// Appends one batch whose offsets are already assigned.
