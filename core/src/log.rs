@@ -791,14 +791,13 @@ impl PartitionLog {
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>, LogError> {
         let max_batch = self.config.max_message_bytes.max(self.config.segment_bytes);
         for seg in self.segments.values() {
-            if seg.max_timestamp() < timestamp {
+            if seg.max_timestamp() < timestamp || seg.next_offset() <= self.log_start_offset {
                 continue;
             }
-            if let Some((offset, ts)) = seg.find_offset_by_timestamp(timestamp, max_batch)? {
-                if offset < self.log_start_offset {
-                    return Ok(Some((self.log_start_offset, ts)));
-                }
-                return Ok(Some((offset, ts)));
+            if let Some(found) =
+                seg.find_offset_by_timestamp(timestamp, self.log_start_offset, max_batch)?
+            {
+                return Ok(Some(found));
             }
         }
         Ok(None)

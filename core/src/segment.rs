@@ -444,27 +444,31 @@ impl Segment {
         }))
     }
 
-    /// The first record at or after `timestamp`: (offset, its timestamp).
+    /// The first record at or after `min_offset` with a timestamp at or after
+    /// `timestamp`: (offset, its timestamp).
     pub fn find_offset_by_timestamp(
         &self,
         timestamp: i64,
+        min_offset: u64,
         max_batch_bytes: u64,
     ) -> Result<Option<(u64, i64)>, SegmentError> {
         if self.max_timestamp < timestamp {
             return Ok(None);
         }
-        let start = match self.time_index.lookup_before(timestamp) {
+        let by_time = match self.time_index.lookup_before(timestamp) {
             Some(o) => self.offset_index.lookup(o).1 as u64,
             None => 0,
         };
+        // Both lookups give the start of a batch at or before what is wanted.
+        let start = by_time.max(self.offset_index.lookup(min_offset).1 as u64);
         let mut walker = HeaderWalker::new(&*self.log, start, self.size);
         while let Some(loc) = walker.next_header()? {
             let h = loc.header;
-            if h.max_timestamp < timestamp {
+            if h.max_timestamp < timestamp || h.last_offset() < min_offset {
                 continue;
             }
             if h.attributes.timestamp_type() == TimestampType::LogAppendTime {
-                return Ok(Some((h.base_offset, h.max_timestamp)));
+                return Ok(Some((h.base_offset.max(min_offset), h.max_timestamp)));
             }
             let len = h.total_len();
             if len > max_batch_bytes {
@@ -478,9 +482,10 @@ impl Segment {
             let batch = Batch::new_checked(&buf)?;
             let records = batch.records(max_batch_bytes.saturating_mul(64) as usize)?;
             for r in records {
+                let offset = h.base_offset + r.offset_delta as u64;
                 let ts = h.base_timestamp.saturating_add(r.timestamp_delta);
-                if ts >= timestamp {
-                    return Ok(Some((h.base_offset + r.offset_delta as u64, ts)));
+                if ts >= timestamp && offset >= min_offset {
+                    return Ok(Some((offset, ts)));
                 }
             }
         }
