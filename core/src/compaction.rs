@@ -17,9 +17,10 @@
 
 use std::collections::HashMap;
 
-use crate::batch::{Batch, BatchBuilder, BatchOptions};
+use crate::batch::header::BatchHeader;
+use crate::batch::{Batch, BatchBuilder, BatchOptions, TimestampType};
 use crate::layout::{FileState, SegmentFile};
-use crate::log::{LogError, PartitionLog, io_err};
+use crate::log::{LogError, PartitionLog, io_err, stamp_log_append_time};
 use crate::segment::Segment;
 use crate::storage::OpenMode;
 
@@ -165,7 +166,15 @@ impl PartitionLog {
                             &r.headers,
                         )?;
                     }
-                    out.extend_from_slice(&b.build()?);
+                    let mut rebuilt = b.build()?;
+                    if h.attributes.timestamp_type() == TimestampType::LogAppendTime {
+                        // The builder takes the records' create times; the batch's
+                        // timestamp is the time it was appended, and stays (as Kafka's
+                        // cleaner keeps it).
+                        let built = BatchHeader::parse(&rebuilt)?;
+                        stamp_log_append_time(&mut rebuilt, &built, h.max_timestamp);
+                    }
+                    out.extend_from_slice(&rebuilt);
                 }
                 Ok(())
             })?;

@@ -1214,7 +1214,7 @@ fn whole_batch_len(rest: &[u8]) -> Result<u64, BatchError> {
 }
 
 /// Sets the LogAppendTime bit and timestamps and recomputes the CRC.
-fn stamp_log_append_time(batch: &mut [u8], h: &BatchHeader, now_ms: i64) {
+pub(crate) fn stamp_log_append_time(batch: &mut [u8], h: &BatchHeader, now_ms: i64) {
     let attrs = h
         .attributes
         .with_timestamp_type(TimestampType::LogAppendTime);

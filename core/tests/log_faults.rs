@@ -8,7 +8,7 @@ mod util;
 use std::path::Path;
 use std::sync::Arc;
 
-use eddy_core::batch::Compression;
+use eddy_core::batch::{Batch, Compression, TimestampType};
 use eddy_core::log::PartitionLog;
 use eddy_core::sim::SimStorage;
 use util::*;
@@ -17,6 +17,56 @@ const DIR: &str = "/data/t-0";
 
 fn open(disk: &SimStorage, c: eddy_core::config::LogConfig) -> PartitionLog {
     PartitionLog::open(Arc::new(disk.clone()), Path::new(DIR), c, 0).expect("open")
+}
+
+/// The offsets `read_all` returns over the whole log.
+fn offsets(log: &PartitionLog) -> Vec<u64> {
+    read_all(log, log.log_start_offset(), log.log_end_offset())
+        .iter()
+        .map(|r| r.0)
+        .collect()
+}
+
+fn first_batch(log: &PartitionLog) -> eddy_core::batch::header::BatchHeader {
+    let s = log.read(0, 1 << 20, log.log_end_offset()).unwrap().unwrap();
+    let bytes = s.read_to_vec().unwrap();
+    let (b, _) = Batch::parse(&bytes).unwrap();
+    b.header
+}
+
+#[test]
+fn compaction_keeps_the_log_append_time_of_a_rewritten_batch() {
+    let (disk, _) = sim();
+    let c = config(&[
+        ("cleanup.policy", "compact"),
+        ("message.timestamp.type", "LogAppendTime"),
+        ("segment.bytes", "14"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("retention.ms", "-1"),
+    ]);
+    let mut log = open(&disk, c);
+    // Created at 5, appended at 1_000_000; k0@0 is superseded by k0@2.
+    let pairs: Vec<Pair<'_>> = [b"k0", b"k1", b"k0"]
+        .iter()
+        .map(|k| (Some(&k[..]), Some(&b"v"[..])))
+        .collect();
+    log.append(&mut batch(&pairs, 5, Compression::None), 0, 1_000_000)
+        .unwrap();
+    log.append(&mut numbered("later", 1, 1, 5), 0, 1_000_001)
+        .unwrap();
+    log.set_high_watermark(log.log_end_offset());
+    assert_eq!(first_batch(&log).max_timestamp, 1_000_000);
+    let rep = log.compact(2_000_000).unwrap();
+    assert_eq!((rep.segments_cleaned, rep.records_removed), (1, 1));
+    let h = first_batch(&log);
+    assert_eq!(h.record_count, 2);
+    assert_eq!(h.attributes.timestamp_type(), TimestampType::LogAppendTime);
+    assert_eq!(h.max_timestamp, 1_000_000, "the append time changed");
+    assert_eq!(offsets(&log), [1, 2, 3]);
+    // The segment's timestamp follows the batch's: a lookup still finds the batch.
+    let (offset, ts) = log.offset_for_timestamp(1_000_000).unwrap().unwrap();
+    assert_eq!(ts, 1_000_000);
+    assert!(offset <= 1, "{offset}");
 }
 
 #[test]
