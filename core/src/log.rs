@@ -356,8 +356,21 @@ impl PartitionLog {
         }
         log.recovery_point = log_end;
         log.durable_offset = log_end;
-        log.write_checkpoints()
-            .map_err(io_err("write checkpoints"))?;
+        match stored_start {
+            // A crash lost records below a log start that was checkpointed (after
+            // DeleteRecords): restart the log there, as Kafka's LogLoader does, rather
+            // than hand out those offsets again.
+            Some(start) if start > log_end => {
+                warn(format_args!(
+                    "{}: the log ends at {log_end}, below its log start offset {start}; restarting it empty at {start}",
+                    dir.display()
+                ));
+                log.truncate_fully_and_start_at(start, now_ms)?;
+            }
+            _ => log
+                .write_checkpoints()
+                .map_err(io_err("write checkpoints"))?,
+        }
         Ok(log)
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use eddy_core::batch::{Batch, Compression, TimestampType};
 use eddy_core::log::PartitionLog;
-use eddy_core::sim::SimStorage;
+use eddy_core::sim::{CrashMode, SimStorage};
 use util::*;
 
 const DIR: &str = "/data/t-0";
@@ -25,6 +25,35 @@ fn offsets(log: &PartitionLog) -> Vec<u64> {
         .iter()
         .map(|r| r.0)
         .collect()
+}
+
+#[test]
+fn a_log_start_beyond_the_recovered_end_restarts_the_log_there() {
+    let (disk, _) = sim();
+    let mut log = open(&disk, small());
+    log.append(&mut numbered("x", 10, 10, 0), 0, 0).unwrap();
+    log.flush(0).unwrap();
+    log.append(&mut numbered("y", 10, 10, 0), 0, 0).unwrap(); // not synced
+    log.set_high_watermark(20);
+    assert_eq!(log.delete_records_before(15).unwrap(), 15);
+    drop(log);
+    disk.crash(CrashMode::DropUnsynced);
+    let mut log = open(&disk, small());
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (15, 15),
+        "offsets below the checkpointed log start must not be handed out again"
+    );
+    let info = log.append(&mut numbered("z", 1, 1, 0), 0, 0).unwrap();
+    assert_eq!(info.base_offset, 15);
+    log.set_high_watermark(16);
+    assert_eq!(values(&read_all(&log, 15, 16)), ["z:0"]);
+    // And it stays so across a crash after the restart.
+    drop(log);
+    disk.crash(CrashMode::DropUnsynced);
+    let log = open(&disk, small());
+    assert_eq!(log.log_start_offset(), 15);
+    assert!(log.log_end_offset() >= 15);
 }
 
 fn first_batch(log: &PartitionLog) -> eddy_core::batch::header::BatchHeader {
