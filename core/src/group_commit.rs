@@ -68,18 +68,33 @@ impl SharedLog {
         let info = g
             .log
             .append_validated(batches, checked, leader_epoch, now_ms)?;
-        let target = info.last_offset + 1;
-        self.wait_durable(g, target)?;
+        self.wait_durable(g, &info)?;
         Ok(info)
     }
 
-    /// Waits until offsets below `target` are durable, syncing if nobody else is.
+    /// Waits until the records of `info` are durable, syncing if nobody else is.
     fn wait_durable<'a>(
         &'a self,
         mut g: MutexGuard<'a, Inner>,
-        target: u64,
+        info: &AppendInfo,
     ) -> Result<(), LogError> {
+        let target = info.last_offset + 1;
+        let (mut truncations_seen, _) = g.log.truncations();
         loop {
+            // A truncation (a leader change) while waiting may have cut the records:
+            // nothing will make them durable, and later appends may take their offsets.
+            // Past one truncation since the last look, where they cut is unknown.
+            let (truncations, cut_to) = g.log.truncations();
+            if target > g.log.log_end_offset()
+                || truncations > truncations_seen + 1
+                || (truncations == truncations_seen + 1 && cut_to < target)
+            {
+                return Err(LogError::TruncatedBeforeSync {
+                    base_offset: info.base_offset,
+                    last_offset: info.last_offset,
+                });
+            }
+            truncations_seen = truncations;
             if g.log.durable_offset() >= target {
                 return Ok(());
             }

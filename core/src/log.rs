@@ -84,12 +84,26 @@ pub enum LogError {
     /// Data on disk is not what the format says and recovery cannot fix it.
     #[error("corrupt log: {0}")]
     Corrupt(String),
+    /// Appended records were truncated away (the partition changed leader) before an
+    /// fsync covered them: they are not in the log. Retry with the current leader.
+    #[error(
+        "records {base_offset}..={last_offset} were truncated away (a leader change) before they were synced"
+    )]
+    TruncatedBeforeSync {
+        /// Offset of the first record.
+        base_offset: u64,
+        /// Offset of the last record.
+        last_offset: u64,
+    },
 }
 
 impl LogError {
     /// Whether trying again later may succeed (a full disk may drain; corrupt input won't).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, LogError::Io { .. })
+        matches!(
+            self,
+            LogError::Io { .. } | LogError::TruncatedBeforeSync { .. }
+        )
     }
 
     /// Whether the disk ran out of space.
@@ -152,6 +166,8 @@ pub struct OpenReport {
 pub struct SyncJob {
     files: Vec<Arc<dyn StorageFile>>,
     up_to: u64,
+    /// The log's truncation count when the job was taken.
+    truncations: u64,
 }
 
 impl SyncJob {
@@ -193,6 +209,11 @@ pub struct PartitionLog {
     open_report: OpenReport,
     /// Offsets below this were compacted (the cleaner's checkpoint, in memory).
     pub(crate) cleaned_offset: u64,
+    /// Truncations so far: an fsync or a waiter that started before one cannot
+    /// tell its records from those appended after it.
+    truncations: u64,
+    /// Where the latest truncation cut: records at or above it went.
+    truncated_to: u64,
 }
 
 impl PartitionLog {
@@ -344,6 +365,8 @@ impl PartitionLog {
             pending_deletes: Vec::new(),
             open_report: report,
             cleaned_offset: log_start_offset,
+            truncations: 0,
+            truncated_to: 0,
         };
         // Whatever recovery read back may still sit only in the page cache: sync it,
         // then record that no scan is needed next time.
@@ -414,6 +437,12 @@ impl PartitionLog {
         self.durable_offset
     }
 
+    /// How many truncations the log has had, and the offset the latest one cut to
+    /// (records at or above it went; a full truncation counts as a cut to 0).
+    pub(crate) fn truncations(&self) -> (u64, u64) {
+        (self.truncations, self.truncated_to)
+    }
+
     /// Offsets below this need no scan after a crash (once checkpointed).
     pub fn recovery_point(&self) -> u64 {
         self.recovery_point
@@ -471,7 +500,7 @@ impl PartitionLog {
         }
     }
 
-    fn poison(&mut self, op: &'static str, e: &io::Error) -> LogError {
+    fn poison(&mut self, op: &'static str, e: &dyn std::fmt::Display) -> LogError {
         let reason = format!("{op}: {e}");
         ::log::error!("{}: {reason}; refusing further writes", self.dir.display());
         self.poisoned = Some(reason.clone());
@@ -613,15 +642,7 @@ impl PartitionLog {
         if let Err(e) = active.sync().and_then(|()| active.seal()) {
             return Err(self.poison("sync a segment on roll", &e));
         }
-        if self.active().is_empty() {
-            // An empty active segment (after truncation) is replaced, not kept.
-            let old = self.active().base();
-            if let Some(seg) = self.segments.remove(&old) {
-                drop(seg);
-                delete_segment_files(&*self.storage, &self.dir, old)
-                    .map_err(io_err("remove an empty segment"))?;
-            }
-        }
+        let empty = self.active().is_empty().then(|| self.active().base());
         let seg = match Segment::create(&*self.storage, &self.dir, base, &self.config, now_ms) {
             Ok(seg) => seg,
             // The old segment is sealed and there is no new one: no way to append
@@ -629,6 +650,16 @@ impl PartitionLog {
             Err(e) => return Err(self.poison("create a new segment", &e)),
         };
         self.segments.insert(base, seg);
+        if let Some(old) = empty {
+            // An empty active segment (after truncation) is replaced, not kept, once
+            // its successor exists. (A crash before the next directory sync may keep
+            // its files: an empty segment, which open loads as such.)
+            if let Some(seg) = self.segments.remove(&old) {
+                drop(seg);
+                delete_segment_files(&*self.storage, &self.dir, old)
+                    .map_err(io_err("remove an empty segment"))?;
+            }
+        }
         // Everything before the new segment is synced.
         self.recovery_point = self.recovery_point.max(base);
         self.durable_offset = self.durable_offset.max(base);
@@ -701,7 +732,11 @@ impl PartitionLog {
             .map(|s| s.log_file().clone())
             .collect();
         self.clear_unflushed();
-        Ok(Some(SyncJob { files, up_to: end }))
+        Ok(Some(SyncJob {
+            files,
+            up_to: end,
+            truncations: self.truncations,
+        }))
     }
 
     /// No appended record waits for a flush (`flush.messages`, `flush.ms`).
@@ -713,10 +748,16 @@ impl PartitionLog {
     /// Records the outcome of a [`SyncJob`]; a failure poisons the log.
     pub fn finish_sync(&mut self, job: &SyncJob, result: io::Result<()>) -> Result<u64, LogError> {
         match result {
-            Ok(()) => {
+            Ok(()) if job.truncations == self.truncations => {
                 self.durable_offset = self
                     .durable_offset
                     .max(job.up_to.min(self.log_end_offset()));
+                Ok(self.durable_offset)
+            }
+            // A truncation since `begin_sync`: the job synced files that may be gone,
+            // and records appended after the cut were never part of it.
+            Ok(()) => {
+                self.durable_offset = self.durable_offset.min(self.log_end_offset());
                 Ok(self.durable_offset)
             }
             Err(e) => Err(self.poison("fsync the log", &e)),
@@ -825,6 +866,7 @@ impl PartitionLog {
         if offset <= self.log_start_offset {
             return self.truncate_fully_and_start_at(offset, now_ms);
         }
+        self.note_truncation(offset);
         let st = self.storage.clone();
         let doomed: Vec<u64> = self
             .segments
@@ -832,29 +874,34 @@ impl PartitionLog {
             .map(|(b, _)| *b)
             .filter(|&b| b > self.log_start_offset.min(offset) && b != self.first_base())
             .collect();
-        for base in doomed {
-            if let Some(seg) = self.segments.remove(&base) {
-                drop(seg);
-                delete_segment_files(&*st, &self.dir, base)
-                    .map_err(io_err("delete a truncated segment"))?;
+        // Highest first, and synced before the remaining segment is cut: a crash
+        // part-way leaves a shorter log, never a cut segment with deleted ones after
+        // it coming back. A segment leaves the map once its files are gone.
+        for &base in doomed.iter().rev() {
+            if let Err(e) = delete_segment_files(&*st, &self.dir, base) {
+                return Err(self.fail_truncation("delete a truncated segment", &e));
             }
+            drop(self.segments.remove(&base));
         }
-        // The last remaining segment becomes active again.
+        if !doomed.is_empty()
+            && let Err(e) = st.sync_dir(&self.dir)
+        {
+            return Err(self.fail_truncation("sync the partition directory", &e));
+        }
+        // The last remaining segment becomes active again: reopened writable, the old
+        // handle listed until the new one exists.
         let Some((&last, _)) = self.segments.last_key_value() else {
             return self.truncate_fully_and_start_at(offset, now_ms);
         };
-        let seg = self
-            .segments
-            .remove(&last)
-            .ok_or_else(|| LogError::Corrupt("lost a segment".into()))?;
-        drop(seg);
-        let (mut seg, _) = Segment::open(&*st, &self.dir, last, &self.config, true, false, now_ms)?;
-        if let Err(e) = seg.truncate_to(offset).and_then(|_| seg.sync()) {
-            return Err(self.poison("truncate the log", &e));
+        let seg = match Segment::open(&*st, &self.dir, last, &self.config, true, false, now_ms) {
+            Ok((seg, _)) => seg,
+            Err(e) => return Err(self.fail_truncation("reopen the last segment", &e)),
+        };
+        drop(self.segments.insert(last, seg));
+        let active = self.active_mut();
+        if let Err(e) = active.truncate_to(offset).and_then(|_| active.sync()) {
+            return Err(self.fail_truncation("truncate the log", &e));
         }
-        self.segments.insert(last, seg);
-        st.sync_dir(&self.dir)
-            .map_err(io_err("sync the partition directory"))?;
         self.after_truncation(now_ms)
     }
 
@@ -869,21 +916,42 @@ impl PartitionLog {
         now_ms: i64,
     ) -> Result<(), LogError> {
         self.check_writable()?;
+        self.note_truncation(0);
         let st = self.storage.clone();
+        // Highest first, so a crash part-way leaves a shorter log. The segments stay
+        // listed (their open files readable) until the new one exists.
         let bases: Vec<u64> = self.segments.keys().copied().collect();
-        self.segments.clear();
-        for base in bases {
-            delete_segment_files(&*st, &self.dir, base).map_err(io_err("delete a segment"))?;
+        for &base in bases.iter().rev() {
+            if let Err(e) = delete_segment_files(&*st, &self.dir, base) {
+                return Err(self.fail_truncation("delete a segment", &e));
+            }
         }
-        let seg = Segment::create(&*st, &self.dir, offset, &self.config, now_ms)
-            .map_err(io_err("create a segment"))?;
+        let seg = match Segment::create(&*st, &self.dir, offset, &self.config, now_ms) {
+            Ok(seg) => seg,
+            Err(e) => return Err(self.fail_truncation("create a segment", &e)),
+        };
+        self.segments.clear();
         self.segments.insert(offset, seg);
         self.log_start_offset = offset;
         self.cleaned_offset = offset;
         self.after_truncation(now_ms)
     }
 
-    fn after_truncation(&mut self, now_ms: i64) -> Result<(), LogError> {
+    fn note_truncation(&mut self, cut: u64) {
+        self.truncations += 1;
+        self.truncated_to = cut;
+    }
+
+    /// A truncation failed part-way: the disk holds a half-done cut, so writes stop
+    /// until a reopen recovers it; the segments still listed stay readable.
+    fn fail_truncation(&mut self, op: &'static str, e: &dyn std::fmt::Display) -> LogError {
+        let err = self.poison(op, e);
+        self.clamp_to_end();
+        err
+    }
+
+    /// Brings the offsets kept about the log within its end after a cut.
+    fn clamp_to_end(&mut self) {
         let end = self.log_end_offset();
         // Truncation cuts whole batches, so the end can drop below a log start offset
         // that pointed into the batch that went.
@@ -897,6 +965,11 @@ impl PartitionLog {
             self.clear_unflushed();
         }
         self.cleaned_offset = self.cleaned_offset.min(end);
+    }
+
+    fn after_truncation(&mut self, now_ms: i64) -> Result<(), LogError> {
+        self.clamp_to_end();
+        let end = self.log_end_offset();
         let before = self.epochs.len();
         self.epochs.retain(|&(_, start)| start < end);
         if self.epochs.len() != before {

@@ -487,6 +487,8 @@ pub fn append_error(topic: &str, partition: u32, e: LogError) -> BrokerError {
             ErrorCode::KafkaStorageError
         }
         LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        // A leader change cut the records before they were synced: retry with the new leader.
+        LogError::TruncatedBeforeSync { .. } => ErrorCode::NotLeaderOrFollower,
         _ => ErrorCode::UnknownServerError,
     };
     let hint = match &e {
