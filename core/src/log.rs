@@ -439,7 +439,7 @@ impl PartitionLog {
 
     /// How many truncations the log has had, and the offset the latest one cut to
     /// (records at or above it went; a full truncation counts as a cut to 0).
-    pub(crate) fn truncations(&self) -> (u64, u64) {
+    pub fn truncations(&self) -> (u64, u64) {
         (self.truncations, self.truncated_to)
     }
 

@@ -124,6 +124,7 @@ impl Broker {
             }
         }
         let log_config = self.topic_config(name, &map)?;
+        check_dead_letter_topic(name, &log_config)?;
         if let Some(cluster) = self.cluster() {
             let state = TopicState {
                 name: name.to_owned(),
@@ -345,6 +346,7 @@ impl Broker {
             }
         }
         let log_config = self.topic_config(name, &map)?;
+        check_dead_letter_topic(name, &log_config)?;
         if let Some(cluster) = self.cluster() {
             let configs: Vec<(String, String)> = map.into_iter().collect();
             cluster
@@ -482,6 +484,21 @@ impl Broker {
             effective_configs: topic.log_config.to_props().into_iter().collect(),
             partitions,
         })
+    }
+}
+
+/// A dead-letter topic takes records a client sent: never an internal one
+/// (rejected records in `__consumer_offsets` would be replayed as offsets).
+fn check_dead_letter_topic(topic: &str, config: &LogConfig) -> Result<(), BrokerError> {
+    match &config.interceptor_dead_letter_topic {
+        Some(dead_letter) if super::is_internal_topic(dead_letter) => Err(invalid_config(
+            topic,
+            format!(
+                "interceptor.dead.letter.topic={dead_letter} names an internal topic (the \
+                 node's own); name another topic"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

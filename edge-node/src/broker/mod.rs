@@ -713,6 +713,13 @@ impl Broker {
         source: &str,
         batch: Vec<u8>,
     ) -> Result<(), BrokerError> {
+        if is_internal_topic(dead_letter) {
+            // Set before create and alter refused it.
+            return Err(internal_topic_refused(
+                dead_letter,
+                &format!("send records {source}'s interceptors rejected to"),
+            ));
+        }
         let t = self.topic_or_create(dead_letter).await.map_err(|e| {
             BrokerError::new(
                 e.code,

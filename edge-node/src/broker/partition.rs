@@ -525,13 +525,23 @@ pub(crate) fn sync_in_background(job: SyncJob) -> SyncTask {
 }
 
 /// The writer task's state.
+/// An append answered once it is durable.
+struct Waiting {
+    /// The offset after its records.
+    end: u64,
+    /// The log's truncation count when it was appended.
+    truncations: u64,
+    reply: Reply,
+    answer: Appended,
+}
+
 struct Writer {
     partition: Arc<Partition>,
     requests: async_channel::Receiver<AppendRequest>,
     /// The fsync running on a blocking thread.
     in_flight: Option<SyncTask>,
-    /// Appends answered only once durable: (offset after the append, reply, answer).
-    waiting: VecDeque<(u64, Reply, Appended)>,
+    /// Appends answered only once durable, in log order.
+    waiting: VecDeque<Waiting>,
     /// Whether `flush.ms` may make a flush due (cleared when nothing can be synced,
     /// so an unsyncable state never spins the timer).
     flush_armed: bool,
@@ -668,8 +678,12 @@ impl Writer {
                         self.flush_armed = true;
                         let answer = appended(&info, log.log_start_offset());
                         if durable_acks {
-                            self.waiting
-                                .push_back((info.last_offset + 1, request.reply, answer));
+                            self.waiting.push_back(Waiting {
+                                end: info.last_offset + 1,
+                                truncations: log.truncations().0,
+                                reply: request.reply,
+                                answer,
+                            });
                         } else {
                             appended_now = true;
                             answers.push((request.reply, Ok(answer)));
@@ -712,9 +726,10 @@ impl Writer {
             }
             Ok(None) => {
                 // Everything appended is already durable (or nothing is due).
-                if wanted {
-                    let durable = p.with_log(|log| Ok(log.durable_offset())).unwrap_or(0);
-                    self.complete_waiting(durable);
+                if wanted
+                    && let Ok(now) = p.with_log(|log| Ok((log.durable_offset(), log.truncations())))
+                {
+                    self.complete_waiting(now);
                 }
                 if self.waiting.is_empty() && wanted {
                     self.flush_armed = false;
@@ -740,10 +755,10 @@ impl Writer {
                     _ => p.advance_hw(log),
                 }
             }
-            Ok(durable)
+            Ok((durable, log.truncations()))
         });
         match outcome {
-            Ok(durable) => self.complete_waiting(durable),
+            Ok(now) => self.complete_waiting(now),
             Err(e) => {
                 self.flush_armed = false;
                 self.fail_waiting(&e);
@@ -751,20 +766,32 @@ impl Writer {
         }
     }
 
-    fn complete_waiting(&mut self, durable: u64) {
-        while let Some((end, _, _)) = self.waiting.front() {
-            if *end > durable {
+    /// Answers the appends now durable. `now` is the log's durable offset
+    /// and its [`PartitionLog::truncations`]: an append a truncation may have
+    /// cut since it was made (its records gone, their offsets perhaps
+    /// refilled by the new leader's) fails with NotLeaderOrFollower instead.
+    fn complete_waiting(&mut self, now: (u64, (u64, u64))) {
+        let (durable, (truncations, truncated_to)) = now;
+        while let Some(w) = self.waiting.front() {
+            let cut = w.truncations != truncations
+                && (truncations - w.truncations > 1 || truncated_to < w.end);
+            if !cut && w.end > durable {
                 break;
             }
-            if let Some((_, reply, answer)) = self.waiting.pop_front() {
-                let _ = reply.try_send(Ok(answer));
+            if let Some(w) = self.waiting.pop_front() {
+                let answer = if cut {
+                    Err(not_leader(&self.partition.topic, self.partition.index))
+                } else {
+                    Ok(w.answer)
+                };
+                let _ = w.reply.try_send(answer);
             }
         }
     }
 
     fn fail_waiting(&mut self, e: &BrokerError) {
-        for (_, reply, _) in self.waiting.drain(..) {
-            let _ = reply.try_send(Err(e.clone()));
+        for w in self.waiting.drain(..) {
+            let _ = w.reply.try_send(Err(e.clone()));
         }
     }
 }

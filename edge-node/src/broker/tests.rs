@@ -107,7 +107,28 @@ fn topics_are_created_described_altered_deleted_and_persist() {
         );
         assert_eq!(c, ErrorCode::InvalidConfig);
         assert!(m.contains("max-request-bytes"), "{m}");
+        let internal = || {
+            vec![(
+                "interceptor.dead.letter.topic".into(),
+                "__consumer_offsets".into(),
+            )]
+        };
+        let (c, m) = code(broker.create_topic("u", 1, 1, internal()).await);
+        assert_eq!(c, ErrorCode::InvalidConfig);
+        assert!(m.contains("internal topic"), "{m}");
         assert!(broker.topic("u").is_none(), "failed creates leave nothing");
+        let (c, _) = code(
+            broker
+                .alter_configs(
+                    "t",
+                    vec![ConfigChange::Set(
+                        "interceptor.dead.letter.topic".into(),
+                        "__consumer_offsets".into(),
+                    )],
+                )
+                .await,
+        );
+        assert_eq!(c, ErrorCode::InvalidConfig);
 
         broker
             .alter_configs(
