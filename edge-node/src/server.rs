@@ -1200,6 +1200,27 @@ mod tests {
         bytes
     }
 
+    async fn create_topic(conn: &quinn::Connection, name: &str, partitions: u32) {
+        let request = Request::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: 1,
+            configs: vec![],
+        };
+        let (h, _) = call(conn, request, &[]).await;
+        assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+    }
+
+    /// A node whose requests (and records) may take at most `budget` bytes.
+    fn node_with_request_budget(budget: u64) -> Node {
+        Node::start(|c| {
+            c.queued_max_request_bytes = budget;
+            c.max_request_bytes = budget;
+            c.topic_defaults
+                .insert("max.message.bytes".into(), budget.to_string());
+        })
+    }
+
     fn split_owned(raw: &[u8]) -> (ResponseHeader, Vec<u8>) {
         let (header, payload): (ResponseHeader, &[u8]) = split_frame(raw).expect("frame");
         (header, payload.to_vec())
@@ -1250,28 +1271,12 @@ mod tests {
     #[test]
     fn a_full_request_budget_holds_requests_back_then_refuses_them() {
         const BUDGET: u64 = 1024 * 1024;
-        let node = Node::start(|c| {
-            c.queued_max_request_bytes = BUDGET;
-            c.max_request_bytes = BUDGET;
-            c.topic_defaults
-                .insert("max.message.bytes".into(), BUDGET.to_string());
-        });
+        let node = node_with_request_budget(BUDGET);
         let client = node.client();
         let server = node.server.as_ref().expect("running");
         node.rt.block_on(async {
             let conn = connect(&client, node.addr()).await;
-            let (h, _) = call(
-                &conn,
-                Request::CreateTopic {
-                    name: "t".into(),
-                    partitions: 1,
-                    replication_factor: 1,
-                    configs: vec![],
-                },
-                &[],
-            )
-            .await;
-            assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+            create_topic(&conn, "t", 1).await;
 
             // A big produce, sent but for its last bytes: the node holds
             // what it has read, which takes the whole budget.
@@ -1338,28 +1343,12 @@ mod tests {
     #[test]
     fn requests_that_stall_halfway_hold_only_what_they_sent_and_are_dropped() {
         const BUDGET: u64 = 1024 * 1024;
-        let node = Node::start(|c| {
-            c.queued_max_request_bytes = BUDGET;
-            c.max_request_bytes = BUDGET;
-            c.topic_defaults
-                .insert("max.message.bytes".into(), BUDGET.to_string());
-        });
+        let node = node_with_request_budget(BUDGET);
         let client = node.client();
         let server = node.server.as_ref().expect("running");
         node.rt.block_on(async {
             let conn = connect(&client, node.addr()).await;
-            let (h, _) = call(
-                &conn,
-                Request::CreateTopic {
-                    name: "t".into(),
-                    partitions: 1,
-                    replication_factor: 1,
-                    configs: vec![],
-                },
-                &[],
-            )
-            .await;
-            assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+            create_topic(&conn, "t", 1).await;
             // A big produce first, so the connection's next payloads are
             // expected to be as big.
             let (h, _) = call(
@@ -1424,18 +1413,7 @@ mod tests {
         let client = node.client();
         node.rt.block_on(async {
             let conn = connect(&client, node.addr()).await;
-            let (h, _) = call(
-                &conn,
-                Request::CreateTopic {
-                    name: "t".into(),
-                    partitions: 32,
-                    replication_factor: 1,
-                    configs: vec![],
-                },
-                &[],
-            )
-            .await;
-            assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+            create_topic(&conn, "t", 32).await;
             // A commit of 32 offsets with 4000 bytes of metadata each: a
             // request header of about 128 KiB.
             let metadata = "m".repeat(4000);
@@ -1488,18 +1466,7 @@ mod tests {
         node.rt.block_on(async {
             let conn = connect(&client, node.addr()).await;
             for name in ["idle", "busy"] {
-                let (h, _) = call(
-                    &conn,
-                    Request::CreateTopic {
-                        name: name.into(),
-                        partitions: 1,
-                        replication_factor: 1,
-                        configs: vec![],
-                    },
-                    &[],
-                )
-                .await;
-                assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+                create_topic(&conn, name, 1).await;
             }
             let (h, _) = call(&conn, produce("busy", Acks::Leader), &batch(b"ready")).await;
             assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
@@ -1550,18 +1517,7 @@ mod tests {
         let client = node.client();
         node.rt.block_on(async {
             let conn = connect(&client, node.addr()).await;
-            let (h, _) = call(
-                &conn,
-                Request::CreateTopic {
-                    name: "t".into(),
-                    partitions: 1,
-                    replication_factor: 1,
-                    configs: vec![],
-                },
-                &[],
-            )
-            .await;
-            assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+            create_topic(&conn, "t", 1).await;
             for _ in 0..3 {
                 let (h, _) = call(&conn, produce("t", Acks::Leader), &batch(&[1u8; 600])).await;
                 assert!(matches!(h, ResponseHeader::Ok(_)), "{h:?}");
@@ -1588,18 +1544,7 @@ mod tests {
         let client = node.client();
         node.rt.block_on(async {
             let conn = connect(&client, node.addr()).await;
-            let (h, _) = call(
-                &conn,
-                Request::CreateTopic {
-                    name: "t".into(),
-                    partitions: 1,
-                    replication_factor: 1,
-                    configs: vec![],
-                },
-                &[],
-            )
-            .await;
-            assert_eq!(h, ResponseHeader::Ok(Response::CreateTopic));
+            create_topic(&conn, "t", 1).await;
             let (h, _) = call(&conn, produce("t", Acks::Leader), &batch(b"one")).await;
             assert!(
                 matches!(
