@@ -953,6 +953,8 @@ impl PartitionLog {
     /// Brings the offsets kept about the log within its end after a cut.
     fn clamp_to_end(&mut self) {
         let end = self.log_end_offset();
+        // Whole batches go: the cut may fall below the offset asked for.
+        self.truncated_to = self.truncated_to.min(end);
         // Truncation cuts whole batches, so the end can drop below a log start offset
         // that pointed into the batch that went.
         self.log_start_offset = self.log_start_offset.min(end);

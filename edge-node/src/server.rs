@@ -510,15 +510,33 @@ async fn read_request(
         )
     })?;
     // A large header (a group request naming many partitions) is held
-    // against the budget while it is read and decoded, as a payload is.
-    let mut header_memory = budget.reservation("queued-max-request-bytes");
+    // against the budget until the answer is written, as a payload is.
+    let wait = Duration::from_millis(BUDGET_WAIT_MS_MAX);
+    let mut reservation = budget.reservation("queued-max-request-bytes");
     if len > protocol::SMALL_HEADER_BYTES_MAX as usize {
-        header_memory
-            .grow_to(len as u64, Duration::from_millis(BUDGET_WAIT_MS_MAX))
-            .await?;
+        if len as u64 > budget.capacity_bytes() {
+            return Err(bad(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the request header is {len} bytes, over this node's whole \
+                     queued-max-request-bytes ({}); name fewer partitions in one request",
+                    budget.capacity_bytes()
+                ),
+                true,
+            ));
+        }
+        reservation.grow_to(len as u64, wait).await?;
     }
+    let header_reserved = reservation.bytes();
     let mut body = vec![0u8; len];
-    until_stalled(read_exact(recv, &mut body, "request header")).await?;
+    // In pieces, each waiting at most REQUEST_STALL_MS, as the payload.
+    let mut filled = 0;
+    while filled < len {
+        let end = len.min(filled + PAYLOAD_CHUNK_BYTES_MAX);
+        let piece = &mut body[filled..end];
+        until_stalled(read_exact(recv, piece, "request header")).await?;
+        filled = end;
+    }
     // The version comes first, so a newer client gets UnsupportedVersion even
     // when the rest of its header means nothing to this node.
     let (version, _) = postcard::take_from_bytes::<u16>(&body).map_err(|e| {
@@ -582,9 +600,7 @@ async fn read_request(
     // The payload is read in pieces, each first counted against the budget
     // (by the bytes read so far): while the budget is full the stream is
     // not read on, and QUIC flow control holds the client back.
-    let mut reservation = budget.reservation("queued-max-request-bytes");
     let mut payload = Vec::new();
-    let wait = Duration::from_millis(BUDGET_WAIT_MS_MAX);
     loop {
         let room = usize::try_from(limit)
             .unwrap_or(usize::MAX)
@@ -605,12 +621,14 @@ async fn read_request(
             return Err(too_long());
         }
         let limit_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
-        if len as u64 > reservation.bytes() {
+        if header_reserved.saturating_add(len as u64) > reservation.bytes() {
             let held = len
                 .checked_next_multiple_of(PAYLOAD_CHUNK_BYTES_MAX)
                 .unwrap_or(len)
                 .min(limit_bytes);
-            reservation.grow_to(held as u64, wait).await?;
+            reservation
+                .grow_to(header_reserved.saturating_add(held as u64), wait)
+                .await?;
         }
         if len > payload.capacity() {
             // The last payload's size at first, then at least double, as
@@ -1435,6 +1453,23 @@ mod tests {
             assert!(request.len() > protocol::SMALL_HEADER_BYTES_MAX as usize);
             let (h, _) = split_owned(&exchange(&conn, &request).await);
             assert_eq!(h, ResponseHeader::Ok(Response::OffsetCommit));
+            // A node whose whole request budget is smaller refuses it for
+            // good, not as a retriable throttle.
+            let small = node_with_request_budget(100 * 1024);
+            let small_client = small.client();
+            let small_conn = connect(&small_client, small.addr()).await;
+            create_topic(&small_conn, "t", 32).await;
+            let (h, _) = split_owned(&exchange(&small_conn, &request).await);
+            let ResponseHeader::Error(e) = &h else {
+                panic!("{h:?}");
+            };
+            assert_eq!(e.code, ErrorCode::InvalidRequest, "{}", e.message);
+            assert!(
+                e.message.contains("queued-max-request-bytes"),
+                "{}",
+                e.message
+            );
+            small.stop();
             // The answer naming them all is as large.
             let (h, _) = call(
                 &conn,
