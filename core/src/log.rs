@@ -1251,8 +1251,9 @@ pub fn validate_produce(batches: &[u8], max_message_bytes: u64) -> Result<Valida
 /// is n-1), there are exactly `record_count` of them and no bytes after the last.
 /// A compressed batch is decompressed first, to at most `decompressed_bytes_max`.
 ///
-/// Nothing is allocated per record ([`check_record_section`] only walks the
-/// varints); an uncompressed batch is checked where it lies.
+/// Records are decoded by consumers' own [`crate::batch::RecordIter`] (borrowed,
+/// nothing allocated per record), so what is accepted is what they read; an
+/// uncompressed batch is checked where it lies.
 fn check_records(batch: &Batch<'_>, decompressed_bytes_max: usize) -> Result<(), BatchError> {
     let h = &batch.header;
     let codec = batch.compression()?;

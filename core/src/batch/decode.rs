@@ -13,7 +13,7 @@ use super::header::{
     BatchHeader, HEADER_LEN, LOG_OVERHEAD, TimestampType, peek_total_len, verify_crc,
 };
 use super::record::{RECORD_BYTES_MIN, Record, RecordRef};
-use super::{BatchError, Compression, varint};
+use super::{BatchError, Compression};
 
 /// One batch, its length and CRC checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +166,8 @@ pub struct RecordIter<'a> {
     seen: u32,
     last_offset_delta: u32,
     prev_offset_delta: Option<i32>,
+    /// Offset deltas must be exactly 0, 1, .., n-1 (a produced batch).
+    dense: bool,
     done: bool,
 }
 
@@ -178,7 +180,18 @@ impl<'a> RecordIter<'a> {
             seen: 0,
             last_offset_delta: header.last_offset_delta,
             prev_offset_delta: None,
+            dense: false,
             done: false,
+        }
+    }
+
+    /// Like [`RecordIter::new`], and the offset deltas must be 0, 1, .., n-1 in
+    /// order, as a producer writes them (compaction leaves gaps, so stored
+    /// batches may have others).
+    pub fn dense(records: &'a [u8], header: &BatchHeader) -> RecordIter<'a> {
+        RecordIter {
+            dense: true,
+            ..RecordIter::new(records, header)
         }
     }
 
@@ -188,7 +201,7 @@ impl<'a> RecordIter<'a> {
                 return None;
             }
             return Some(Err(BatchError::Corrupt(
-                "bytes after the batch's last record",
+                "bytes after the batch's last record (more records than its record count)",
             )));
         }
         if self.rest.is_empty() {
@@ -205,6 +218,11 @@ impl<'a> RecordIter<'a> {
             }
             Err(e) => return Some(Err(e)),
         };
+        if self.dense && u32::try_from(r.offset_delta) != Ok(self.seen) {
+            return Some(Err(BatchError::Corrupt(
+                "record offset deltas are not 0, 1, .., n-1 in order",
+            )));
+        }
         if r.offset_delta < 0 {
             return Some(Err(BatchError::Corrupt("negative record offset delta")));
         }
@@ -254,128 +272,12 @@ impl<'a> Iterator for RecordIter<'a> {
 /// 0, 1, .., n-1 in order, with no bytes after the last: what a leader requires of a
 /// produced batch (Kafka's `LogValidator` walks every record the same way).
 ///
-/// Each record is parsed to its last byte with the checks [`RecordRef::decode`]
-/// makes (lengths, varint widths, UTF-8 header keys), but nothing is built or
-/// returned per record, so it runs on every produce request. A batch it accepts
-/// yields its records from [`RecordIter`] without an error. It is stricter than
-/// [`RecordIter`] about offset deltas: a compacted batch, with gaps, fails.
+/// Each record is decoded by [`RecordIter::dense`] (borrowed, nothing allocated),
+/// so a batch it accepts is one consumers read without an error. It is stricter
+/// than [`RecordIter::new`] about offset deltas: a compacted batch, with gaps,
+/// fails.
 pub fn check_record_section(records: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
-    walk_records(records, header.record_count).map_err(BatchError::Corrupt)
-}
-
-/// What is wrong with a record, for [`BatchError::Corrupt`]. A bare `&str` keeps
-/// every `Result` of the walk in registers.
-type Bad = &'static str;
-
-const FIELD_OVERRUN: Bad = "record field runs past the record's length";
-const RECORD_OVERRUN: Bad = "record runs past the end of the batch";
-
-fn walk_records(mut rest: &[u8], count: u32) -> Result<(), Bad> {
-    for offset_delta in 0..count {
-        if rest.is_empty() {
-            return Err("fewer records than the batch's record count");
-        }
-        let mut prefix = Fields(rest);
-        let len = prefix.varint().map_err(|e| match e {
-            FIELD_OVERRUN => RECORD_OVERRUN,
-            e => e,
-        })?;
-        let len = usize::try_from(len).map_err(|_| "negative record length")?;
-        let body = prefix.0.get(..len).ok_or(RECORD_OVERRUN)?;
-        rest = prefix.0.get(len..).unwrap_or(&[]);
-        check_record_body(body, offset_delta)?;
-    }
-    if !rest.is_empty() {
-        return Err("bytes after the batch's last record (more records than its record count)");
-    }
-    Ok(())
-}
-
-/// Checks one record after its length prefix: the fields of [`RecordRef::decode`],
-/// in order, ending exactly at the end of `body`.
-#[inline(always)]
-fn check_record_body(body: &[u8], offset_delta: u32) -> Result<(), Bad> {
-    let mut r = Fields(body);
-    r.take(1)?; // attributes
-    r.varlong()?; // timestamp delta
-    if i64::from(r.varint()?) != i64::from(offset_delta) {
-        return Err("record offset deltas are not 0, 1, .., n-1 in order");
-    }
-    r.nullable()?; // key
-    r.nullable()?; // value
-    let headers = u32::try_from(r.varint()?).map_err(|_| "negative header count")?;
-    // Each header takes at least two bytes, so the loop ends within the body.
-    for _ in 0..headers {
-        let key_len = usize::try_from(r.varint()?).map_err(|_| "negative header key length")?;
-        let key = r.take(key_len)?;
-        // Keys are nearly always ASCII: checked inline, the rest out of line.
-        if !key.is_ascii() && core::str::from_utf8(key).is_err() {
-            return Err("header key is not UTF-8");
-        }
-        r.nullable()?; // header value
-    }
-    if !r.0.is_empty() {
-        return Err("record has bytes after its headers");
-    }
-    Ok(())
-}
-
-/// The unread bytes of a record. Running past them is [`FIELD_OVERRUN`].
-struct Fields<'a>(&'a [u8]);
-
-impl<'a> Fields<'a> {
-    #[inline(always)]
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Bad> {
-        let taken = self.0.get(..n).ok_or(FIELD_OVERRUN)?;
-        self.0 = self.0.get(n..).unwrap_or(&[]);
-        Ok(taken)
-    }
-
-    /// A zigzag varint: one and two bytes inline (nearly every length and delta),
-    /// longer ones through the strict decoder.
-    #[inline(always)]
-    fn varint(&mut self) -> Result<i32, Bad> {
-        let (v, n) = match *self.0 {
-            [b0, ..] if b0 & 0x80 == 0 => (varint::zigzag_decode32(u32::from(b0)), 1),
-            [b0, b1, ..] if b1 & 0x80 == 0 => (
-                varint::zigzag_decode32(u32::from(b0 & 0x7f) | u32::from(b1) << 7),
-                2,
-            ),
-            _ => varint::decode_varint(self.0).map_err(varint_bad)?,
-        };
-        self.0 = self.0.get(n..).unwrap_or(&[]);
-        Ok(v)
-    }
-
-    /// A zigzag varlong, checked and skipped.
-    #[inline(always)]
-    fn varlong(&mut self) -> Result<(), Bad> {
-        let n = match *self.0 {
-            [b0, ..] if b0 & 0x80 == 0 => 1,
-            [_, b1, ..] if b1 & 0x80 == 0 => 2,
-            _ => varint::decode_varlong(self.0).map_err(varint_bad)?.1,
-        };
-        self.0 = self.0.get(n..).unwrap_or(&[]);
-        Ok(())
-    }
-
-    /// A length (-1 = null) and that many bytes, skipped.
-    #[inline(always)]
-    fn nullable(&mut self) -> Result<(), Bad> {
-        match self.varint()? {
-            -1 => Ok(()),
-            len if len < -1 => Err("negative length other than -1"),
-            len => self.take(len as usize).map(|_| ()),
-        }
-    }
-}
-
-#[cold]
-fn varint_bad(e: BatchError) -> Bad {
-    match e {
-        BatchError::Corrupt(why) => why,
-        _ => FIELD_OVERRUN,
-    }
+    RecordIter::dense(records, header).try_for_each(|record| record.map(drop))
 }
 
 /// Walks a buffer of back-to-back batches, checking each one's length and CRC.
