@@ -601,9 +601,9 @@ async fn read_request(
     // (by the bytes read so far): while the budget is full the stream is
     // not read on, and QUIC flow control holds the client back.
     let mut payload = Vec::new();
+    let limit_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
     loop {
-        let room = usize::try_from(limit)
-            .unwrap_or(usize::MAX)
+        let room = limit_bytes
             .saturating_sub(payload.len())
             .saturating_add(1)
             .min(PAYLOAD_CHUNK_BYTES_MAX);
@@ -620,7 +620,6 @@ async fn read_request(
         if len as u64 > limit {
             return Err(too_long());
         }
-        let limit_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
         if header_reserved.saturating_add(len as u64) > reservation.bytes() {
             let held = len
                 .checked_next_multiple_of(PAYLOAD_CHUNK_BYTES_MAX)

@@ -452,6 +452,18 @@ impl Broker {
         self.topic(name).ok_or_else(|| unknown_topic(name))
     }
 
+    /// A partition this running node leads (or a single node's).
+    async fn led_partition(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Arc<Partition>, BrokerError> {
+        self.check_running()?;
+        let p = self.partition(topic, partition).await?;
+        self.check_leader(&p)?;
+        Ok(p)
+    }
+
     async fn partition(
         self: &Arc<Self>,
         topic: &str,
@@ -784,10 +796,7 @@ impl Broker {
         min_bytes: u32,
         max_wait_ms: u32,
     ) -> Result<FetchResult, BrokerError> {
-        self.check_running()?;
-        let p = self.partition(topic, partition).await?;
-        self.check_leader(&p)?;
-        let max_bytes = u64::from(max_bytes.clamp(1, FETCH_RESPONSE_BYTES_MAX));
+        let p = self.led_partition(topic, partition).await?;
         let found = self
             .wait_for_bytes(&p, offset, max_bytes, min_bytes, max_wait_ms)
             .await?;
@@ -828,10 +837,11 @@ impl Broker {
         &self,
         p: &Partition,
         offset: u64,
-        max_bytes: u64,
+        max_bytes: u32,
         min_bytes: u32,
         max_wait_ms: u32,
     ) -> Result<(Option<eddy_core::log::FileSlice>, u64, u64), BrokerError> {
+        let max_bytes = u64::from(max_bytes.clamp(1, FETCH_RESPONSE_BYTES_MAX));
         let min_bytes = u64::from(min_bytes).min(max_bytes);
         let wait = Duration::from_millis(u64::from(max_wait_ms.min(FETCH_MAX_WAIT_MS_MAX)));
         let deadline = Instant::now() + wait;
@@ -887,19 +897,14 @@ impl Broker {
         min_bytes: u32,
         max_wait_ms: u32,
     ) {
-        if self.check_running().is_err() || self.check_serving_clients().is_err() {
+        if self.check_serving_clients().is_err() {
             return;
         }
-        let Ok(p) = self.partition(topic, partition).await else {
-            return;
-        };
-        if self.check_leader(&p).is_err() {
-            return;
+        if let Ok(p) = self.led_partition(topic, partition).await {
+            let _ = self
+                .wait_for_bytes(&p, offset, max_bytes, min_bytes, max_wait_ms)
+                .await;
         }
-        let max_bytes = u64::from(max_bytes.clamp(1, FETCH_RESPONSE_BYTES_MAX));
-        let _ = self
-            .wait_for_bytes(&p, offset, max_bytes, min_bytes, max_wait_ms)
-            .await;
     }
 
     /// Looks up an offset: the log start, the high watermark, or the first
@@ -911,9 +916,7 @@ impl Broker {
         partition: u32,
         spec: OffsetSpec,
     ) -> Result<(Option<u64>, i64), BrokerError> {
-        self.check_running()?;
-        let p = self.partition(topic, partition).await?;
-        self.check_leader(&p)?;
+        let p = self.led_partition(topic, partition).await?;
         let spec = match spec {
             OffsetSpec::Timestamp(-1) => OffsetSpec::Latest,
             OffsetSpec::Timestamp(-2) => OffsetSpec::Earliest,
